@@ -1,0 +1,90 @@
+//! Loading a Hugging Face GPT-2 checkpoint folder: `config.json`, weights and
+//! tokenizer files.
+//!
+//! Weights come from `model.safetensors` or a sharded
+//! `model.safetensors.index.json`; both are memory-mapped and never copied.
+
+pub mod config;
+pub mod safetensors;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use config::{Activation, ConfigError, Gpt2Config};
+pub use weights::{InMemoryWeights, SafetensorsWeights, WeightError, WeightSource, Weights};
+
+/// Tokenizer and generation files carried into an export when present.
+pub const TOKENIZER_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+];
+
+/// Errors opening a checkpoint folder.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{0}: no such folder")]
+    NotFound(PathBuf),
+    #[error("{0}: not a folder (expected a Hugging Face model folder with config.json and model.safetensors)")]
+    NotADirectory(PathBuf),
+    #[error("{0}: missing; a GPT-2 checkpoint folder needs its config.json")]
+    MissingConfig(PathBuf),
+    #[error("{dir}: no weights found: expected model.safetensors or model.safetensors.index.json{extra}")]
+    MissingWeights { dir: PathBuf, extra: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+}
+
+/// An opened checkpoint.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: Gpt2Config,
+    /// config.json as written, for copying into the export.
+    pub config_json: serde_json::Map<String, serde_json::Value>,
+    pub weights: Weights,
+}
+
+impl Checkpoint {
+    /// Opens a local checkpoint folder.
+    pub fn open(dir: &Path) -> Result<Checkpoint, CheckpointError> {
+        if !dir.exists() {
+            return Err(CheckpointError::NotFound(dir.into()));
+        }
+        if !dir.is_dir() {
+            return Err(CheckpointError::NotADirectory(dir.into()));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(CheckpointError::MissingConfig(config_path));
+        }
+        let (config, config_json) = Gpt2Config::load(&config_path)?;
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let source: Arc<dyn WeightSource> = if single.is_file() {
+            Arc::new(SafetensorsWeights::single(&single)?)
+        } else if index.is_file() {
+            Arc::new(SafetensorsWeights::sharded(&index)?)
+        } else {
+            let extra = if dir.join("pytorch_model.bin").exists() {
+                " (pytorch_model.bin is present, but reading PyTorch pickles is not supported yet: \
+                 convert it with `safetensors` or transformers' save_pretrained)"
+            } else {
+                ""
+            };
+            return Err(CheckpointError::MissingWeights { dir: dir.into(), extra: extra.into() });
+        };
+        Ok(Checkpoint { dir: dir.into(), config, config_json, weights: Weights::new(source) })
+    }
+
+    /// Builds a checkpoint from a config and in-memory weights (tests).
+    pub fn from_parts(config_text: &str, source: Arc<dyn WeightSource>) -> Result<Checkpoint, CheckpointError> {
+        let (config, config_json) = Gpt2Config::parse(Path::new("config.json"), config_text)?;
+        Ok(Checkpoint { dir: PathBuf::new(), config, config_json, weights: Weights::new(source) })
+    }
+}

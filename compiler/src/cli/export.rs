@@ -1,0 +1,126 @@
+//! `gpt2c export`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use gpt2c_compiler::gpt2::{DEFAULT_OPSET, GraphOptions, OPSETS};
+use gpt2c_compiler::onnx::ExternalData;
+use gpt2c_compiler::{ExportOptions, Progress, export};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Compile a Hugging Face GPT-2 checkpoint into an ONNX export folder.
+///
+/// The folder gets model.onnx (optimum's text-generation-with-past interface: input_ids,
+/// attention_mask, position_ids and past_key_values.{i}.key/.value in; logits and
+/// present.{i}.key/.value out; a past length of 0 is valid, so one graph serves prefill and
+/// decode), config.json, generation_config.json and the tokenizer files. ONNX Runtime,
+/// optimum's ORTModelForCausalLM and `gpt2c generate` load it as is.
+///
+/// The export is written to a temporary folder and renamed into place when complete: a failed
+/// export leaves nothing behind.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  gpt2c export models/tiny-default -o out/tiny")]
+pub struct ExportArgs {
+    /// Checkpoint folder: config.json, model.safetensors (or model.safetensors.index.json with its
+    /// shards) and tokenizer files, as saved by transformers' save_pretrained.
+    pub model: PathBuf,
+
+    /// Output folder. Must not exist, or be empty (see --force).
+    #[arg(short, long)]
+    pub output: PathBuf,
+
+    /// ONNX opset of the default domain (14 to 23). Before 17, LayerNormalization is written as
+    /// its primitive ops.
+    #[arg(long, default_value_t = DEFAULT_OPSET)]
+    pub opset: i64,
+
+    /// Where the weights go: `auto` writes one model.onnx_data file beside model.onnx only when
+    /// the model would pass protobuf's 2 GiB limit; `always` and `never` force the choice.
+    #[arg(long, value_enum, default_value_t = ExternalData::Auto)]
+    pub external_data: ExternalData,
+
+    /// Replace the output folder if it exists and is not empty.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl ExportArgs {
+    /// Validates the arguments into export options before any work starts.
+    fn plan(&self) -> anyhow::Result<ExportOptions> {
+        if !OPSETS.contains(&self.opset) {
+            anyhow::bail!(
+                "--opset {}: not supported; choose one from {} to {}",
+                self.opset,
+                OPSETS.start(),
+                OPSETS.end()
+            );
+        }
+        Ok(ExportOptions {
+            graph: GraphOptions { opset: self.opset },
+            external_data: self.external_data,
+            force: self.force,
+        })
+    }
+}
+
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let options = args.plan()?;
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    let mut on_progress = |p: Progress| match p {
+        Progress::Step(step) => bar.set_message(step),
+        Progress::WriteStart(total) => {
+            bar.set_length(total);
+            bar.set_position(0);
+            bar.set_style(
+                ProgressStyle::with_template("writing model.onnx [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+        }
+        Progress::Wrote(n) => bar.inc(n),
+        Progress::WriteDone => bar.set_style(ProgressStyle::default_spinner()),
+    };
+    // Library errors already name the file or field at fault: print them as they are.
+    let result = export(&args.model, &args.output, &options, &mut on_progress);
+    bar.finish_and_clear();
+    let summary = result?;
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !args.quiet {
+        println!(
+            "exported {} parameters ({} layers) to {} in {:.2} s: {} in {} files ({}){}",
+            human_count(summary.parameters),
+            summary.n_layer,
+            summary.out_dir.display(),
+            summary.seconds,
+            human_bytes(summary.total_bytes),
+            summary.files.len(),
+            summary.files.join(", "),
+            if summary.external_data { ", weights in external data" } else { "" },
+        );
+    }
+    Ok(())
+}
+
+fn human_count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}

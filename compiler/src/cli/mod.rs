@@ -1,0 +1,29 @@
+//! Command-line arguments (clap derive; doc comments are the help text) and dispatch.
+
+mod export;
+
+use clap::{Parser, Subcommand};
+
+/// gpt2c compiles Hugging Face GPT-2 checkpoints into ONNX and runs them.
+///
+/// `gpt2c export` reads a checkpoint folder (config.json, model.safetensors or a sharded
+/// model.safetensors.index.json, tokenizer files) and writes an export folder whose model.onnx
+/// computes what transformers' GPT2LMHeadModel computes, with a key/value cache for incremental
+/// decoding. The graph is built from the weights: no Python, no PyTorch, no tracing.
+#[derive(Debug, Parser)]
+#[command(name = "gpt2c", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Export(export::ExportArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Export(args) => export::run(args),
+    }
+}

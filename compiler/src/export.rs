@@ -1,0 +1,288 @@
+//! `gpt2c export`: checkpoint folder in, self-contained export folder out.
+//!
+//! The export folder holds `model.onnx` (+ `model.onnx_data` past 2 GiB),
+//! `config.json` (copied byte for byte), `generation_config.json` (copied, or
+//! derived from config.json as transformers' `GenerationConfig.from_model_config`
+//! does) and the tokenizer files. Everything is written into a temporary folder
+//! beside the destination and renamed into place at the end, so a failed
+//! export leaves nothing behind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use crate::checkpoint::{Checkpoint, CheckpointError, TOKENIZER_FILES};
+use crate::gpt2::{self, BuildError, GraphOptions};
+use crate::onnx::{self, ExternalData, ModelMeta, WriteError};
+
+/// The model file name in an export folder.
+pub const MODEL_FILE: &str = "model.onnx";
+
+/// Options of one export.
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    pub graph: GraphOptions,
+    pub external_data: ExternalData,
+    /// Replace an existing non-empty output folder.
+    pub force: bool,
+}
+
+/// What the caller can show while an export runs.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// A step began.
+    Step(&'static str),
+    /// Writing the weights began; this many bytes will be written.
+    WriteStart(u64),
+    /// This many more bytes were written.
+    Wrote(u64),
+    /// Writing the weights ended.
+    WriteDone,
+}
+
+/// A finished export.
+#[derive(Clone, Debug)]
+pub struct ExportSummary {
+    pub out_dir: PathBuf,
+    pub parameters: usize,
+    pub n_layer: usize,
+    /// Bytes of every file written.
+    pub total_bytes: u64,
+    pub files: Vec<String>,
+    pub external_data: bool,
+    pub seconds: f64,
+    /// Things the user should know (e.g. no tokenizer files found).
+    pub warnings: Vec<String>,
+}
+
+/// Errors of an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("{0}: the output path exists and is a file; give a folder path for the export")]
+    OutputIsFile(PathBuf),
+    #[error("{0}: the output folder exists and is not empty; pass --force to replace it")]
+    OutputNotEmpty(PathBuf),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path}: not valid JSON: {message}")]
+    BadJson { path: PathBuf, message: String },
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
+    move |e| ExportError::Io { path: path.into(), message: e.to_string() }
+}
+
+/// Checks the destination before any work: a file there, or a non-empty
+/// folder without `force`, is refused.
+pub fn check_output(out_dir: &Path, force: bool) -> Result<(), ExportError> {
+    match fs::metadata(out_dir) {
+        Ok(m) if !m.is_dir() => Err(ExportError::OutputIsFile(out_dir.into())),
+        Ok(_) => {
+            let mut entries = fs::read_dir(out_dir).map_err(io_error(out_dir))?;
+            if entries.next().is_some() && !force {
+                return Err(ExportError::OutputNotEmpty(out_dir.into()));
+            }
+            Ok(())
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Exports the checkpoint in `model_dir` to `out_dir`.
+pub fn export(
+    model_dir: &Path,
+    out_dir: &Path,
+    options: &ExportOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ExportSummary, ExportError> {
+    let started = Instant::now();
+    check_output(out_dir, options.force)?;
+    progress(Progress::Step("reading checkpoint"));
+    let ckpt = Checkpoint::open(model_dir)?;
+    progress(Progress::Step("building graph"));
+    let graph = gpt2::build_causal_lm(&ckpt, &options.graph)?;
+    let meta = ModelMeta {
+        doc_string: "GPT-2 causal language model with past key/values (text-generation-with-past), compiled by gpt2c"
+            .into(),
+        metadata: vec![("gpt2c.task".into(), "text-generation-with-past".into())],
+    };
+
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(io_error(&parent))?;
+    let staging = tempfile::Builder::new().prefix(".gpt2c-export-").tempdir_in(&parent).map_err(io_error(&parent))?;
+
+    progress(Progress::WriteStart(graph.initializer_bytes() as u64));
+    let written =
+        onnx::write_model(&graph, &meta, &staging.path().join(MODEL_FILE), options.external_data, &mut |n| {
+            progress(Progress::Wrote(n))
+        })?;
+    progress(Progress::WriteDone);
+
+    progress(Progress::Step("copying config and tokenizer"));
+    let mut warnings = Vec::new();
+    copy_side_files(&ckpt, staging.path(), &mut warnings)?;
+
+    let mut files = Vec::new();
+    let mut total_bytes = 0;
+    for entry in fs::read_dir(staging.path()).map_err(io_error(staging.path()))? {
+        let entry = entry.map_err(io_error(staging.path()))?;
+        total_bytes += entry.metadata().map_err(io_error(&entry.path()))?.len();
+        files.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    files.sort();
+
+    install(staging, out_dir)?;
+    Ok(ExportSummary {
+        out_dir: out_dir.into(),
+        parameters: graph.parameter_count(),
+        n_layer: ckpt.config.n_layer,
+        total_bytes,
+        files,
+        external_data: written.data.is_some(),
+        seconds: started.elapsed().as_secs_f64(),
+        warnings,
+    })
+}
+
+/// Moves the finished staging folder to `out_dir`, replacing what is there.
+fn install(staging: tempfile::TempDir, out_dir: &Path) -> Result<(), ExportError> {
+    let staged = staging.keep();
+    let result = (|| {
+        if out_dir.exists() {
+            // Move the old folder aside first, so the destination is never half-replaced.
+            let parent = staged.parent().unwrap_or(Path::new("."));
+            let old = tempfile::Builder::new().prefix(".gpt2c-old-").tempdir_in(parent).map_err(io_error(parent))?;
+            let old_path = old.path().join("previous");
+            fs::rename(out_dir, &old_path).map_err(io_error(out_dir))?;
+            fs::rename(&staged, out_dir).map_err(io_error(out_dir))?;
+            drop(old);
+        } else {
+            fs::rename(&staged, out_dir).map_err(io_error(out_dir))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staged);
+    }
+    result
+}
+
+fn copy_side_files(ckpt: &Checkpoint, dest: &Path, warnings: &mut Vec<String>) -> Result<(), ExportError> {
+    let dir = &ckpt.dir;
+    let config_src = dir.join("config.json");
+    fs::copy(&config_src, dest.join("config.json")).map_err(io_error(&config_src))?;
+
+    let gen_src = dir.join("generation_config.json");
+    if gen_src.is_file() {
+        let text = fs::read_to_string(&gen_src).map_err(io_error(&gen_src))?;
+        serde_json::from_str::<Map<String, Value>>(&text)
+            .map_err(|e| ExportError::BadJson { path: gen_src.clone(), message: e.to_string() })?;
+        fs::write(dest.join("generation_config.json"), text).map_err(io_error(dest))?;
+    } else {
+        let derived = generation_config_from_model_config(&ckpt.config_json);
+        let text = serde_json::to_string_pretty(&Value::Object(derived)).unwrap_or_default() + "\n";
+        fs::write(dest.join("generation_config.json"), text).map_err(io_error(dest))?;
+    }
+
+    let mut found = false;
+    for name in TOKENIZER_FILES {
+        let src = dir.join(name);
+        if !src.is_file() {
+            continue;
+        }
+        if name.ends_with(".json") {
+            let text = fs::read(&src).map_err(io_error(&src))?;
+            serde_json::from_slice::<Value>(&text)
+                .map_err(|e| ExportError::BadJson { path: src.clone(), message: e.to_string() })?;
+        }
+        fs::copy(&src, dest.join(name)).map_err(io_error(&src))?;
+        found = true;
+    }
+    if !found {
+        warnings.push(format!(
+            "{}: no tokenizer files (tokenizer.json, vocab.json + merges.txt); the export cannot encode text until one is added",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Generation parameters transformers reads from a model config, with the
+/// defaults `GenerationConfig` leaves out when it saves.
+const GENERATION_DEFAULTS: [(&str, Option<f64>); 22] = [
+    ("max_length", Some(20.0)),
+    ("min_length", Some(0.0)),
+    ("do_sample", None),
+    ("early_stopping", None),
+    ("num_beams", Some(1.0)),
+    ("num_beam_groups", Some(1.0)),
+    ("diversity_penalty", Some(0.0)),
+    ("temperature", Some(1.0)),
+    ("top_k", Some(50.0)),
+    ("top_p", Some(1.0)),
+    ("typical_p", Some(1.0)),
+    ("repetition_penalty", Some(1.0)),
+    ("length_penalty", Some(1.0)),
+    ("no_repeat_ngram_size", Some(0.0)),
+    ("num_return_sequences", Some(1.0)),
+    ("bad_words_ids", None),
+    ("forced_bos_token_id", None),
+    ("forced_eos_token_id", None),
+    ("bos_token_id", None),
+    ("eos_token_id", None),
+    ("pad_token_id", None),
+    ("decoder_start_token_id", None),
+];
+
+/// `GenerationConfig.from_model_config`: the generation fields of config.json
+/// that are set and differ from the defaults, marked `_from_model_config`.
+pub fn generation_config_from_model_config(config: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("_from_model_config".into(), Value::Bool(true));
+    for (key, default) in GENERATION_DEFAULTS {
+        match config.get(key) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::Number(n)) if default.is_some() && n.as_f64() == default => {}
+            Some(v) => {
+                out.insert(key.into(), v.clone());
+            }
+        }
+    }
+    // transformers' GPT2Config defaults apply when config.json leaves the ids out.
+    for key in ["bos_token_id", "eos_token_id"] {
+        if !config.contains_key(key) {
+            out.insert(key.into(), Value::from(50256));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_config_keeps_only_set_non_default_fields() {
+        let config: Map<String, Value> = serde_json::from_str(
+            r#"{"n_embd": 8, "eos_token_id": 7, "pad_token_id": null, "num_beams": 1, "max_length": 50, "do_sample": true}"#,
+        )
+        .unwrap();
+        let g = generation_config_from_model_config(&config);
+        let expected: Map<String, Value> = serde_json::from_str(
+            r#"{"_from_model_config": true, "max_length": 50, "do_sample": true, "eos_token_id": 7, "bos_token_id": 50256}"#,
+        )
+        .unwrap();
+        assert_eq!(g, expected);
+    }
+}

@@ -1,0 +1,104 @@
+//! GPT-2 self-attention with a key/value cache, and the additive attention mask.
+//!
+//! Per layer (`GPT2Attention` in transformers):
+//! ```text
+//! q, k, v  = split(x @ c_attn.weight + c_attn.bias)        each [B, S, E] → [B, H, S, D]
+//! K, V     = concat(past_key, k), concat(past_value, v)    [B, H, P+S, D], also the `present` outputs
+//! scores   = (q · scale) @ Kᵀ + mask_bias                  [B, H, S, P+S]
+//! out      = softmax(scores) @ V → [B, S, E] → c_proj
+//! ```
+//! `scale` is `1/sqrt(D)` when `scale_attn_weights`, further divided by
+//! `layer_idx + 1` when `scale_attn_by_inverse_layer_idx`; applying it to `q`
+//! instead of the scores is the same product, on S×D instead of S×T numbers.
+//! `reorder_and_upcast_attn` only changes the order of fp16 operations; in
+//! fp32 it computes the same values.
+
+use super::{BuildError, conv1d};
+use crate::checkpoint::{Gpt2Config, Weights};
+use crate::ir::{DType, GraphBuilder, GraphError, ValueId};
+
+/// The additive mask shared by every layer: 0 where a query may attend to a
+/// key, the dtype's lowest finite value elsewhere (as transformers' eager
+/// attention does). A query at cache slot `P + s` sees keys at slots `≤ P + s`
+/// whose `attention_mask` is 1. Shape `[batch_size, 1, sequence_length, past_sequence_length + sequence_length]`.
+pub fn attention_bias(
+    b: &mut GraphBuilder,
+    input_ids: ValueId,
+    attention_mask: ValueId,
+    dtype: DType,
+) -> Result<ValueId, GraphError> {
+    let total = b.dim_of(attention_mask, 1)?;
+    let seq = b.dim_of(input_ids, 1)?;
+    let past = b.sub(total, seq)?;
+    let zero = b.scalar_i64(0)?;
+    let one = b.scalar_i64(1)?;
+    // Keys at slots k may be seen by the query at slot q when k < q + 1.
+    let q_slots = b.range(past, total, one)?;
+    let q_limit = b.add(q_slots, one)?;
+    let q_limit = b.unsqueeze(q_limit, &[1])?;
+    let k_slots = b.range(zero, total, one)?;
+    let causal = b.less(k_slots, q_limit)?;
+    let keep = b.cast(attention_mask, DType::Bool)?;
+    let keep = b.unsqueeze(keep, &[1, 2])?;
+    let allowed = b.and(causal, keep)?;
+    let open = b.scalar_f(dtype, 0.0)?;
+    let lowest = match dtype {
+        DType::F16 => half::f16::MIN.to_f32(),
+        DType::BF16 => half::bf16::MIN.to_f32(),
+        _ => f32::MIN,
+    };
+    let closed = b.scalar_f(dtype, lowest)?;
+    b.where_(allowed, open, closed)
+}
+
+/// One layer's self-attention. Returns the block output and the (key, value) cache.
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention(
+    b: &mut GraphBuilder,
+    w: &Weights,
+    c: &Gpt2Config,
+    layer: usize,
+    scope: &str,
+    x: ValueId,
+    past: (ValueId, ValueId),
+    mask_bias: ValueId,
+) -> Result<(ValueId, (ValueId, ValueId)), BuildError> {
+    let (e, h, d) = (c.n_embd as i64, c.n_head as i64, c.head_dim as i64);
+    let qkv = conv1d(b, w, &format!("{scope}.c_attn"), x, c.n_embd, 3 * c.n_embd)?;
+    let parts = b.split(qkv, -1, &[e, e, e])?;
+    let [q, k, v] = <[ValueId; 3]>::try_from(parts)
+        .map_err(|_| GraphError { at: scope.into(), message: "c_attn split did not give q, k, v".into() })?;
+    let heads = |b: &mut GraphBuilder, t: ValueId| -> Result<ValueId, GraphError> {
+        let t = b.reshape(t, &[0, 0, h, d])?;
+        b.transpose(t, &[0, 2, 1, 3])
+    };
+    let q = heads(b, q)?;
+    let k = heads(b, k)?;
+    let v = heads(b, v)?;
+    let key = b.concat(&[past.0, k], 2)?;
+    let value = b.concat(&[past.1, v], 2)?;
+
+    let dtype = b.ty(x).dtype;
+    let mut scale = 1.0f64;
+    if c.scale_attn_weights {
+        scale /= (c.head_dim as f64).sqrt();
+    }
+    if c.scale_attn_by_inverse_layer_idx {
+        scale /= (layer + 1) as f64;
+    }
+    let q = if scale != 1.0 {
+        let s = b.scalar_f(dtype, scale as f32)?;
+        b.mul(q, s)?
+    } else {
+        q
+    };
+    let key_t = b.transpose(key, &[0, 1, 3, 2])?;
+    let scores = b.matmul(q, key_t)?;
+    let scores = b.add(scores, mask_bias)?;
+    let probs = b.softmax(scores, -1)?;
+    let context = b.matmul(probs, value)?;
+    let context = b.transpose(context, &[0, 2, 1, 3])?;
+    let context = b.reshape(context, &[0, 0, e])?;
+    let out = conv1d(b, w, &format!("{scope}.c_proj"), context, c.n_embd, c.n_embd)?;
+    Ok((out, (key, value)))
+}

@@ -1,0 +1,612 @@
+//! The operators the IR can express, their ONNX attributes, and type inference.
+//!
+//! Every op is an ONNX default-domain operator. Type inference follows the ONNX
+//! operator specifications for the forms the compiler emits (opsets 14 to 23);
+//! it also propagates the contents of small int64 tensors (shapes, indices) as
+//! symbolic [`Dim`]s, the way shape arithmetic flows in a real graph, so that
+//! `Reshape`, `Range` and `Unsqueeze` outputs have exact shapes.
+
+use super::types::{DType, Dim, Shape, ValueType, shape_string};
+
+/// An operator with its attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    // Elementwise arithmetic and logic (numpy broadcasting).
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    And,
+    Less,
+    Greater,
+    Equal,
+    Where,
+    // Elementwise unary.
+    Neg,
+    Sqrt,
+    Exp,
+    Tanh,
+    Erf,
+    Sigmoid,
+    Relu,
+    Softplus,
+    Not,
+    LeakyRelu {
+        alpha: f32,
+    },
+    /// Inputs: x, min, max (scalars of x's type).
+    Clip,
+    Cast {
+        to: DType,
+    },
+    Identity,
+    // Linear algebra.
+    MatMul,
+    Gemm {
+        trans_a: bool,
+        trans_b: bool,
+    },
+    // Shape and data movement.
+    Gather {
+        axis: i64,
+    },
+    Concat {
+        axis: i64,
+    },
+    /// Inputs: x, split sizes (int64, opset 13 form).
+    Split {
+        axis: i64,
+        outputs: usize,
+    },
+    Transpose {
+        perm: Vec<i64>,
+    },
+    /// Inputs: x, target shape (int64; 0 copies the input dim).
+    Reshape,
+    /// Inputs: x, axes (int64, opset 13 form).
+    Unsqueeze,
+    Shape,
+    /// Inputs: start, limit, delta (scalars).
+    Range,
+    // Normalisation and reductions.
+    Softmax {
+        axis: i64,
+    },
+    LayerNormalization {
+        axis: i64,
+        epsilon: f32,
+    },
+    /// Before opset 18 the axes are an attribute (`Some`); from 18 an input.
+    ReduceMean {
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+    },
+}
+
+/// An attribute value as ONNX encodes it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Int(i64),
+    Float(f32),
+    Ints(Vec<i64>),
+}
+
+impl Op {
+    /// The ONNX `op_type`.
+    pub fn op_type(&self) -> &'static str {
+        match self {
+            Op::Add => "Add",
+            Op::Sub => "Sub",
+            Op::Mul => "Mul",
+            Op::Div => "Div",
+            Op::Pow => "Pow",
+            Op::And => "And",
+            Op::Less => "Less",
+            Op::Greater => "Greater",
+            Op::Equal => "Equal",
+            Op::Where => "Where",
+            Op::Neg => "Neg",
+            Op::Sqrt => "Sqrt",
+            Op::Exp => "Exp",
+            Op::Tanh => "Tanh",
+            Op::Erf => "Erf",
+            Op::Sigmoid => "Sigmoid",
+            Op::Relu => "Relu",
+            Op::Softplus => "Softplus",
+            Op::Not => "Not",
+            Op::LeakyRelu { .. } => "LeakyRelu",
+            Op::Clip => "Clip",
+            Op::Cast { .. } => "Cast",
+            Op::Identity => "Identity",
+            Op::MatMul => "MatMul",
+            Op::Gemm { .. } => "Gemm",
+            Op::Gather { .. } => "Gather",
+            Op::Concat { .. } => "Concat",
+            Op::Split { .. } => "Split",
+            Op::Transpose { .. } => "Transpose",
+            Op::Reshape => "Reshape",
+            Op::Unsqueeze => "Unsqueeze",
+            Op::Shape => "Shape",
+            Op::Range => "Range",
+            Op::Softmax { .. } => "Softmax",
+            Op::LayerNormalization { .. } => "LayerNormalization",
+            Op::ReduceMean { .. } => "ReduceMean",
+        }
+    }
+
+    /// The first default-domain opset where this op has the form we emit.
+    pub fn min_opset(&self) -> i64 {
+        match self {
+            Op::LayerNormalization { .. } => 17,
+            Op::ReduceMean { axes: None, .. } => 18,
+            _ => 14,
+        }
+    }
+
+    /// The last opset where the form is valid (ReduceMean's axes attribute was removed in 18).
+    pub fn max_opset(&self) -> i64 {
+        match self {
+            Op::ReduceMean { axes: Some(_), .. } => 17,
+            _ => i64::MAX,
+        }
+    }
+
+    /// Attributes in a fixed order (output bytes must be deterministic).
+    pub fn attributes(&self) -> Vec<(&'static str, AttrValue)> {
+        match self {
+            Op::LeakyRelu { alpha } => vec![("alpha", AttrValue::Float(*alpha))],
+            Op::Cast { to } => vec![("to", AttrValue::Int(to.onnx() as i64))],
+            Op::Gemm { trans_a, trans_b } => {
+                vec![("transA", AttrValue::Int(*trans_a as i64)), ("transB", AttrValue::Int(*trans_b as i64))]
+            }
+            Op::Gather { axis } | Op::Concat { axis } | Op::Split { axis, .. } | Op::Softmax { axis } => {
+                vec![("axis", AttrValue::Int(*axis))]
+            }
+            Op::Transpose { perm } => vec![("perm", AttrValue::Ints(perm.clone()))],
+            Op::LayerNormalization { axis, epsilon } => {
+                vec![("axis", AttrValue::Int(*axis)), ("epsilon", AttrValue::Float(*epsilon))]
+            }
+            Op::ReduceMean { axes, keepdims } => {
+                let mut attrs = Vec::new();
+                if let Some(axes) = axes {
+                    attrs.push(("axes", AttrValue::Ints(axes.clone())));
+                }
+                attrs.push(("keepdims", AttrValue::Int(*keepdims as i64)));
+                attrs
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// How many inputs the op takes (inclusive range).
+    fn arity(&self) -> (usize, usize) {
+        match self {
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow | Op::And | Op::Less | Op::Greater | Op::Equal => (2, 2),
+            Op::MatMul | Op::Gather { .. } | Op::Split { .. } | Op::Reshape | Op::Unsqueeze => (2, 2),
+            Op::Where | Op::Clip | Op::Range | Op::LayerNormalization { .. } => (3, 3),
+            Op::Gemm { .. } => (2, 3),
+            Op::Concat { .. } => (1, usize::MAX),
+            Op::ReduceMean { axes: Some(_), .. } => (1, 1),
+            Op::ReduceMean { axes: None, .. } => (2, 2),
+            _ => (1, 1),
+        }
+    }
+}
+
+/// What inference knows about one input: its type and, for small int64
+/// tensors, its contents.
+pub struct InferInput<'a> {
+    pub ty: &'a ValueType,
+    pub known: Option<&'a [Dim]>,
+}
+
+/// Inferred outputs: their types and any contents known symbolically.
+pub type Inferred = Vec<(ValueType, Option<Vec<Dim>>)>;
+
+/// Infers output types of `op` applied to `inputs`; the error says what disagreed.
+pub fn infer(op: &Op, inputs: &[InferInput<'_>]) -> Result<Inferred, String> {
+    let (lo, hi) = op.arity();
+    if inputs.len() < lo || inputs.len() > hi {
+        return Err(format!("{} takes {lo}..={hi} inputs, got {}", op.op_type(), inputs.len()));
+    }
+    let ty = |i: usize| inputs[i].ty;
+    match op {
+        Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow => {
+            same_dtype(op, &[ty(0), ty(1)])?;
+            let shape = broadcast_shapes(op, &[&ty(0).shape, &ty(1).shape])?;
+            let known = match (inputs[0].known, inputs[1].known) {
+                (Some(a), Some(b)) => arith(op, a, b),
+                _ => None,
+            };
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), known)])
+        }
+        Op::Less | Op::Greater | Op::Equal => {
+            same_dtype(op, &[ty(0), ty(1)])?;
+            let shape = broadcast_shapes(op, &[&ty(0).shape, &ty(1).shape])?;
+            Ok(vec![(ValueType::new(DType::Bool, shape), None)])
+        }
+        Op::And => {
+            expect_dtype(op, ty(0), DType::Bool)?;
+            expect_dtype(op, ty(1), DType::Bool)?;
+            let shape = broadcast_shapes(op, &[&ty(0).shape, &ty(1).shape])?;
+            Ok(vec![(ValueType::new(DType::Bool, shape), None)])
+        }
+        Op::Where => {
+            expect_dtype(op, ty(0), DType::Bool)?;
+            same_dtype(op, &[ty(1), ty(2)])?;
+            let shape = broadcast_shapes(op, &[&ty(0).shape, &ty(1).shape, &ty(2).shape])?;
+            Ok(vec![(ValueType::new(ty(1).dtype, shape), None)])
+        }
+        Op::Not => {
+            expect_dtype(op, ty(0), DType::Bool)?;
+            Ok(vec![(ty(0).clone(), None)])
+        }
+        Op::Neg | Op::Sqrt | Op::Exp | Op::Tanh | Op::Erf | Op::Sigmoid | Op::Relu | Op::Softplus => {
+            Ok(vec![(ty(0).clone(), None)])
+        }
+        Op::LeakyRelu { .. } => Ok(vec![(ty(0).clone(), None)]),
+        Op::Clip => {
+            same_dtype(op, &[ty(0), ty(1), ty(2)])?;
+            if ty(1).rank() != 0 || ty(2).rank() != 0 {
+                return Err("Clip bounds must be scalars".into());
+            }
+            Ok(vec![(ty(0).clone(), None)])
+        }
+        Op::Cast { to } => {
+            let known = if to.is_int() && ty(0).dtype.is_int() { inputs[0].known.map(<[Dim]>::to_vec) } else { None };
+            Ok(vec![(ValueType::new(*to, ty(0).shape.clone()), known)])
+        }
+        Op::Identity => Ok(vec![(ty(0).clone(), inputs[0].known.map(<[Dim]>::to_vec))]),
+        Op::MatMul => infer_matmul(op, ty(0), ty(1)),
+        Op::Gemm { trans_a, trans_b } => {
+            same_dtype(op, &[ty(0), ty(1)])?;
+            if ty(0).rank() != 2 || ty(1).rank() != 2 {
+                return Err(format!("Gemm needs 2-D inputs, got {} and {}", ty(0), ty(1)));
+            }
+            let (m, ka) =
+                if *trans_a { (&ty(0).shape[1], &ty(0).shape[0]) } else { (&ty(0).shape[0], &ty(0).shape[1]) };
+            let (kb, n) =
+                if *trans_b { (&ty(1).shape[1], &ty(1).shape[0]) } else { (&ty(1).shape[0], &ty(1).shape[1]) };
+            if ka != kb {
+                return Err(format!("Gemm inner dimensions differ: {ka} vs {kb}"));
+            }
+            Ok(vec![(ValueType::new(ty(0).dtype, vec![m.clone(), n.clone()]), None)])
+        }
+        Op::Gather { axis } => {
+            if !matches!(ty(1).dtype, DType::I64 | DType::I32) {
+                return Err(format!("Gather indices must be int64 or int32, got {}", ty(1).dtype));
+            }
+            let a = norm_axis(*axis, ty(0).rank())?;
+            let mut shape: Shape = ty(0).shape[..a].to_vec();
+            shape.extend(ty(1).shape.iter().cloned());
+            shape.extend(ty(0).shape[a + 1..].iter().cloned());
+            let known = match (inputs[0].known, inputs[1].known) {
+                (Some(data), Some(idx)) if ty(0).rank() == 1 => idx
+                    .iter()
+                    .map(|i| {
+                        let i = i.as_fixed()?;
+                        let i = if i < 0 { i + data.len() as i64 } else { i };
+                        data.get(usize::try_from(i).ok()?).cloned()
+                    })
+                    .collect::<Option<Vec<Dim>>>(),
+                _ => None,
+            };
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), known)])
+        }
+        Op::Concat { axis } => {
+            let first = ty(0);
+            let a = norm_axis(*axis, first.rank())?;
+            let mut total = Dim::fixed(0);
+            for input in inputs {
+                let t = input.ty;
+                if t.dtype != first.dtype || t.rank() != first.rank() {
+                    return Err(format!("Concat inputs disagree: {first} vs {t}"));
+                }
+                for (d, (x, y)) in first.shape.iter().zip(&t.shape).enumerate() {
+                    if d != a && x != y {
+                        return Err(format!("Concat inputs disagree on axis {d}: {first} vs {t}"));
+                    }
+                }
+                total = total.add(&t.shape[a]);
+            }
+            let mut shape = first.shape.clone();
+            shape[a] = total;
+            let known = inputs
+                .iter()
+                .map(|i| i.known.map(<[Dim]>::to_vec))
+                .collect::<Option<Vec<Vec<Dim>>>>()
+                .filter(|_| first.rank() == 1)
+                .map(|parts| parts.concat());
+            Ok(vec![(ValueType::new(first.dtype, shape), known)])
+        }
+        Op::Split { axis, outputs } => {
+            let sizes = inputs[1].known.ok_or("Split sizes must be a constant")?;
+            if sizes.len() != *outputs {
+                return Err(format!("Split has {outputs} outputs but {} sizes", sizes.len()));
+            }
+            let a = norm_axis(*axis, ty(0).rank())?;
+            let total = sizes.iter().fold(Dim::fixed(0), |acc, s| acc.add(s));
+            if total != ty(0).shape[a] {
+                return Err(format!("Split sizes add up to {total}, axis {a} of {} is {}", ty(0), ty(0).shape[a]));
+            }
+            Ok(sizes
+                .iter()
+                .map(|s| {
+                    let mut shape = ty(0).shape.clone();
+                    shape[a] = s.clone();
+                    (ValueType::new(ty(0).dtype, shape), None)
+                })
+                .collect())
+        }
+        Op::Transpose { perm } => {
+            if perm.len() != ty(0).rank() {
+                return Err(format!("Transpose perm {perm:?} does not fit {}", ty(0)));
+            }
+            let mut seen = vec![false; perm.len()];
+            let mut shape = Vec::with_capacity(perm.len());
+            for &p in perm {
+                let p = usize::try_from(p).ok().filter(|&p| p < seen.len() && !seen[p]);
+                let p = p.ok_or_else(|| format!("Transpose perm {perm:?} is not a permutation"))?;
+                seen[p] = true;
+                shape.push(ty(0).shape[p].clone());
+            }
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), None)])
+        }
+        Op::Reshape => {
+            let target = inputs[1].known.ok_or("Reshape target shape must be known")?;
+            let shape = reshape(&ty(0).shape, target)?;
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), inputs[0].known.map(<[Dim]>::to_vec))])
+        }
+        Op::Unsqueeze => {
+            let axes = inputs[1].known.ok_or("Unsqueeze axes must be a constant")?;
+            let out_rank = ty(0).rank() + axes.len();
+            let mut axes: Vec<usize> = axes
+                .iter()
+                .map(|a| a.as_fixed().ok_or("Unsqueeze axes must be numbers".to_string()))
+                .map(|a| a.and_then(|a| norm_axis(a, out_rank)))
+                .collect::<Result<_, _>>()?;
+            axes.sort_unstable();
+            axes.dedup();
+            if axes.len() + ty(0).rank() != out_rank {
+                return Err("Unsqueeze axes repeat".into());
+            }
+            let mut rest = ty(0).shape.iter();
+            let shape = (0..out_rank)
+                .map(|d| if axes.contains(&d) { Some(Dim::fixed(1)) } else { rest.next().cloned() })
+                .collect::<Option<Shape>>()
+                .ok_or("Unsqueeze rank mismatch")?;
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), inputs[0].known.map(<[Dim]>::to_vec))])
+        }
+        Op::Shape => {
+            Ok(vec![(ValueType::new(DType::I64, vec![Dim::fixed(ty(0).rank() as i64)]), Some(ty(0).shape.clone()))])
+        }
+        Op::Range => {
+            same_dtype(op, &[ty(0), ty(1), ty(2)])?;
+            if inputs.iter().any(|i| i.ty.rank() != 0) {
+                return Err("Range inputs must be scalars".into());
+            }
+            let (start, limit) = match (inputs[0].known, inputs[1].known) {
+                (Some([s]), Some([l])) => (s, l),
+                _ => return Err("Range start and limit must be known dims".into()),
+            };
+            if inputs[2].known.and_then(|d| d.first()).and_then(Dim::as_fixed) != Some(1) {
+                return Err("Range delta must be 1".into());
+            }
+            let len = limit.sub(start);
+            Ok(vec![(ValueType::new(ty(0).dtype, vec![len]), None)])
+        }
+        Op::Softmax { axis } => {
+            norm_axis(*axis, ty(0).rank())?;
+            Ok(vec![(ty(0).clone(), None)])
+        }
+        Op::LayerNormalization { axis, .. } => {
+            let a = norm_axis(*axis, ty(0).rank())?;
+            same_dtype(op, &[ty(0), ty(1), ty(2)])?;
+            let norm = &ty(0).shape[a..];
+            if ty(1).shape != norm || ty(2).shape != norm {
+                return Err(format!(
+                    "LayerNormalization scale {} / bias {} must match the normalised dims {}",
+                    ty(1),
+                    ty(2),
+                    shape_string(norm)
+                ));
+            }
+            Ok(vec![(ty(0).clone(), None)])
+        }
+        Op::ReduceMean { axes, keepdims } => {
+            let axes: Vec<i64> = match axes {
+                Some(a) => a.clone(),
+                None => inputs[1]
+                    .known
+                    .ok_or("ReduceMean axes must be a constant")?
+                    .iter()
+                    .map(|d| d.as_fixed().ok_or("ReduceMean axes must be numbers"))
+                    .collect::<Result<_, _>>()?,
+            };
+            let rank = ty(0).rank();
+            let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, rank)).collect::<Result<_, _>>()?;
+            let shape = ty(0)
+                .shape
+                .iter()
+                .enumerate()
+                .filter_map(|(d, dim)| match (axes.contains(&d), keepdims) {
+                    (true, true) => Some(Dim::fixed(1)),
+                    (true, false) => None,
+                    (false, _) => Some(dim.clone()),
+                })
+                .collect();
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), None)])
+        }
+    }
+}
+
+fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if (0..r).contains(&a) { Ok(a as usize) } else { Err(format!("axis {axis} is out of range for rank {rank}")) }
+}
+
+fn same_dtype(op: &Op, types: &[&ValueType]) -> Result<(), String> {
+    match types.iter().find(|t| t.dtype != types[0].dtype) {
+        Some(t) => Err(format!("{} inputs must share an element type: {} vs {}", op.op_type(), types[0], t)),
+        None => Ok(()),
+    }
+}
+
+fn expect_dtype(op: &Op, t: &ValueType, dtype: DType) -> Result<(), String> {
+    if t.dtype == dtype { Ok(()) } else { Err(format!("{} expects {dtype}, got {t}", op.op_type())) }
+}
+
+/// Numpy-style broadcasting of several shapes.
+pub fn broadcast_shapes(op: &Op, shapes: &[&Shape]) -> Result<Shape, String> {
+    let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(rank);
+    for d in 0..rank {
+        let mut dim = Dim::fixed(1);
+        for s in shapes {
+            if let Some(x) = (d + s.len()).checked_sub(rank).map(|i| &s[i]) {
+                dim = dim.broadcast(x).ok_or_else(|| {
+                    let all: Vec<String> = shapes.iter().map(|s| shape_string(s)).collect();
+                    format!("{} cannot broadcast {}", op.op_type(), all.join(" with "))
+                })?;
+            }
+        }
+        out.push(dim);
+    }
+    Ok(out)
+}
+
+fn arith(op: &Op, a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    let n = a.len().max(b.len());
+    if !(a.len() == n || a.len() == 1) || !(b.len() == n || b.len() == 1) {
+        return None;
+    }
+    (0..n)
+        .map(|i| {
+            let x = &a[if a.len() == 1 { 0 } else { i }];
+            let y = &b[if b.len() == 1 { 0 } else { i }];
+            match op {
+                Op::Add => Some(x.add(y)),
+                Op::Sub => Some(x.sub(y)),
+                Op::Mul => x.mul(y),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn infer_matmul(op: &Op, a: &ValueType, b: &ValueType) -> Result<Inferred, String> {
+    same_dtype(op, &[a, b])?;
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err(format!("MatMul is only emitted for rank >= 2 operands, got {a} and {b}"));
+    }
+    let (ka, kb) = (&a.shape[a.rank() - 1], &b.shape[b.rank() - 2]);
+    if ka != kb {
+        return Err(format!("MatMul inner dimensions differ: {a} x {b}"));
+    }
+    let batch_a: Shape = a.shape[..a.rank() - 2].to_vec();
+    let batch_b: Shape = b.shape[..b.rank() - 2].to_vec();
+    let mut shape = broadcast_shapes(op, &[&batch_a, &batch_b])?;
+    shape.push(a.shape[a.rank() - 2].clone());
+    shape.push(b.shape[b.rank() - 1].clone());
+    Ok(vec![(ValueType::new(a.dtype, shape), None)])
+}
+
+fn reshape(input: &[Dim], target: &[Dim]) -> Result<Shape, String> {
+    let mut out = Vec::with_capacity(target.len());
+    let mut infer_at = None;
+    for (i, t) in target.iter().enumerate() {
+        match t.as_fixed() {
+            Some(0) => out.push(input.get(i).cloned().ok_or("Reshape copies a dim the input lacks")?),
+            Some(-1) if infer_at.is_none() => {
+                infer_at = Some(i);
+                out.push(Dim::fixed(1));
+            }
+            Some(n) if n < 0 => return Err(format!("Reshape target has invalid entry {n}")),
+            _ => out.push(t.clone()),
+        }
+    }
+    // Cancel the dims both sides share, then compare what is left as numbers.
+    let mut rest_in: Vec<Dim> = input.to_vec();
+    let mut rest_out: Vec<Dim> = Vec::new();
+    for (i, d) in out.iter().enumerate() {
+        if Some(i) == infer_at {
+            continue;
+        }
+        match rest_in.iter().position(|x| x == d) {
+            Some(p) => {
+                rest_in.remove(p);
+            }
+            None => rest_out.push(d.clone()),
+        }
+    }
+    let product = |dims: &[Dim]| dims.iter().try_fold(1i64, |acc, d| d.as_fixed().map(|n| acc * n));
+    match (product(&rest_in), product(&rest_out), infer_at) {
+        (Some(a), Some(b), Some(i)) if b > 0 && a % b == 0 => out[i] = Dim::fixed(a / b),
+        (_, _, Some(_)) => return Err("Reshape with -1 is only inferred over known dims".into()),
+        (Some(a), Some(b), None) if a != b => {
+            return Err(format!(
+                "Reshape changes the element count: {} to {}",
+                shape_string(input),
+                shape_string(&out)
+            ));
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(dtype: DType, dims: &[Dim]) -> ValueType {
+        ValueType::new(dtype, dims.to_vec())
+    }
+
+    #[test]
+    fn matmul_broadcasts_batch_dims() {
+        let b = Dim::sym("batch_size");
+        let s = Dim::sym("sequence_length");
+        let x = t(DType::F32, &[b.clone(), s.clone(), Dim::fixed(8)]);
+        let w = t(DType::F32, &[Dim::fixed(8), Dim::fixed(24)]);
+        let out =
+            infer(&Op::MatMul, &[InferInput { ty: &x, known: None }, InferInput { ty: &w, known: None }]).unwrap();
+        assert_eq!(out[0].0, t(DType::F32, &[b, s, Dim::fixed(24)]));
+        let bad = t(DType::F32, &[Dim::fixed(9), Dim::fixed(24)]);
+        assert!(
+            infer(&Op::MatMul, &[InferInput { ty: &x, known: None }, InferInput { ty: &bad, known: None }]).is_err()
+        );
+    }
+
+    #[test]
+    fn shape_arithmetic_feeds_range() {
+        let p = Dim::sym("past_sequence_length");
+        let s = Dim::sym("sequence_length");
+        let scalar = t(DType::I64, &[]);
+        let limit = [p.add(&s)];
+        let start = [p.clone()];
+        let one = [Dim::fixed(1)];
+        let out = infer(
+            &Op::Range,
+            &[
+                InferInput { ty: &scalar, known: Some(&start) },
+                InferInput { ty: &scalar, known: Some(&limit) },
+                InferInput { ty: &scalar, known: Some(&one) },
+            ],
+        )
+        .unwrap();
+        assert_eq!(out[0].0.shape, vec![s]);
+    }
+
+    #[test]
+    fn reshape_splits_and_merges_heads() {
+        let b = Dim::sym("b");
+        let s = Dim::sym("s");
+        let input = [b.clone(), s.clone(), Dim::fixed(768)];
+        let split = reshape(&input, &[Dim::fixed(0), Dim::fixed(0), Dim::fixed(12), Dim::fixed(64)]).unwrap();
+        assert_eq!(split, vec![b.clone(), s.clone(), Dim::fixed(12), Dim::fixed(64)]);
+        assert!(reshape(&input, &[Dim::fixed(0), Dim::fixed(0), Dim::fixed(12), Dim::fixed(60)]).is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! gpt2c's compiler: reads a Hugging Face GPT-2 checkpoint and builds its ONNX
+//! graph directly from the weights (no PyTorch, no tracing).
+//!
+//! ```text
+//! checkpoint (config.json, safetensors) ─► gpt2 (graph builder over ir) ─► onnx (writer) ─► export folder
+//! ```
+
+pub mod checkpoint;
+pub mod export;
+pub mod gpt2;
+pub mod ir;
+pub mod onnx;
+
+pub use export::{ExportError, ExportOptions, ExportSummary, Progress, export};

@@ -1,0 +1,228 @@
+//! The `gpt2c` binary end to end: help text, a successful export, and bad
+//! input, where each case must end in one clear message naming the file or
+//! field, exit code 2, and nothing left where the output would have gone.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn gpt2c(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpt2c")).args(args).output().expect("run gpt2c")
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-default")
+}
+
+/// A writable copy of the tiny-default fixture.
+fn copy_fixture(dir: &Path) -> PathBuf {
+    let dest = dir.join("ckpt");
+    fs::create_dir_all(&dest).unwrap();
+    for entry in fs::read_dir(fixture()).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), dest.join(entry.file_name())).unwrap();
+    }
+    dest
+}
+
+/// Rewrites model.safetensors through `edit(name, shape, bytes)`, which returns the tensor to keep.
+fn rewrite_weights(ckpt: &Path, edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>) {
+    let path = ckpt.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, view)| {
+            edit(&name, view.shape().to_vec(), view.data().to_vec()).map(|(shape, data)| (name, shape, data))
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = kept
+        .iter()
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+fn edit_config(ckpt: &Path, key: &str, value: serde_json::Value) {
+    let path = ckpt.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    config[key] = value;
+    fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+/// Runs an export expected to fail; checks exit code, the message and that nothing was left behind.
+fn expect_failure(tmp: &Path, model: &Path, out: &Path, needles: &[&str]) -> String {
+    let before: Vec<_> = fs::read_dir(tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let output = gpt2c(&["export", model.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "exit code; stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one message, got: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let after: Vec<_> = fs::read_dir(tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "the failed export left files behind");
+    stderr
+}
+
+#[test]
+fn help_explains_every_option() {
+    let top = String::from_utf8(gpt2c(&["--help"]).stdout).unwrap();
+    assert!(top.contains("export") && top.contains("Compile a Hugging Face GPT-2 checkpoint"), "{top}");
+    let help = String::from_utf8(gpt2c(&["export", "--help"]).stdout).unwrap();
+    for option in ["--output", "--opset", "--external-data", "--force", "--quiet", "model.onnx_data", "present."] {
+        assert!(help.contains(option), "export --help lacks {option}:\n{help}");
+    }
+}
+
+#[test]
+fn export_prints_a_summary_and_writes_the_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = gpt2c(&["export", fixture().to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("exported 59.5k parameters (2 layers)"), "{stdout}");
+    for file in ["model.onnx", "config.json", "generation_config.json", "tokenizer.json", "vocab.json", "merges.txt"] {
+        assert!(out.join(file).is_file(), "{file} missing from the export");
+    }
+    // The config is copied byte for byte.
+    assert_eq!(fs::read(out.join("config.json")).unwrap(), fs::read(fixture().join("config.json")).unwrap());
+
+    // A second export into the same non-empty folder needs --force, which replaces it.
+    let again = gpt2c(&["export", fixture().to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("pass --force"));
+    fs::write(out.join("stale.txt"), "old").unwrap();
+    let forced = gpt2c(&["export", fixture().to_str().unwrap(), "-o", out.to_str().unwrap(), "--force", "-q"]);
+    assert!(forced.status.success());
+    assert!(!out.join("stale.txt").exists() && out.join("model.onnx").is_file());
+    assert!(forced.stdout.is_empty(), "--quiet prints nothing");
+}
+
+#[test]
+fn missing_config_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_fixture(tmp.path());
+    fs::remove_file(ckpt.join("config.json")).unwrap();
+    expect_failure(tmp.path(), &ckpt, &tmp.path().join("out"), &["config.json", "missing"]);
+}
+
+#[test]
+fn tensor_missing_from_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_fixture(tmp.path());
+    rewrite_weights(&ckpt, |name, shape, data| (name != "transformer.h.1.mlp.c_fc.bias").then_some((shape, data)));
+    expect_failure(
+        tmp.path(),
+        &ckpt,
+        &tmp.path().join("out"),
+        &["tensor `transformer.h.1.mlp.c_fc.bias` is missing", "model.safetensors"],
+    );
+}
+
+#[test]
+fn tensor_with_wrong_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_fixture(tmp.path());
+    rewrite_weights(&ckpt, |name, shape, data| {
+        Some(if name == "transformer.wpe.weight" { (vec![shape[1], shape[0]], data) } else { (shape, data) })
+    });
+    expect_failure(
+        tmp.path(),
+        &ckpt,
+        &tmp.path().join("out"),
+        &["tensor `transformer.wpe.weight`", "has shape [32, 64], expected [64, 32]"],
+    );
+}
+
+#[test]
+fn truncated_safetensors_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_fixture(tmp.path());
+    let path = ckpt.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    expect_failure(tmp.path(), &ckpt, &tmp.path().join("out"), &["model.safetensors", "truncated"]);
+    // Cut inside the header too.
+    fs::write(&path, &bytes[..100]).unwrap();
+    expect_failure(tmp.path(), &ckpt, &tmp.path().join("out"), &["model.safetensors", "truncated"]);
+}
+
+#[test]
+fn header_offsets_past_the_end_of_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_fixture(tmp.path());
+    let path = ckpt.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data_len = (bytes.len() - 8 - n) as u64;
+    // A header that lies: wte claims to run past the end of the data, with a matching shape.
+    let wte = &mut header["transformer.wte.weight"];
+    let begin = wte["data_offsets"][0].as_u64().unwrap();
+    let count = (data_len - begin) / 4 + 64;
+    wte["shape"] = serde_json::json!([count / 32, 32]);
+    wte["data_offsets"] = serde_json::json!([begin, begin + (count / 32) * 32 * 4]);
+    let text = serde_json::to_string(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    fs::write(&path, out).unwrap();
+    expect_failure(
+        tmp.path(),
+        &ckpt,
+        &tmp.path().join("out"),
+        &["model.safetensors", "tensor `transformer.wte.weight`", "point past the end"],
+    );
+}
+
+#[test]
+fn n_embd_not_divisible_by_n_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_fixture(tmp.path());
+    edit_config(&ckpt, "n_head", serde_json::json!(5));
+    expect_failure(
+        tmp.path(),
+        &ckpt,
+        &tmp.path().join("out"),
+        &["config.json", "field `n_embd`", "divisible by n_head (5)"],
+    );
+}
+
+#[test]
+fn unknown_activation_function() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_fixture(tmp.path());
+    edit_config(&ckpt, "activation_function", serde_json::json!("gelu_newest"));
+    expect_failure(
+        tmp.path(),
+        &ckpt,
+        &tmp.path().join("out"),
+        &["config.json", "field `activation_function`", "unknown activation \"gelu_newest\"", "gelu_new"],
+    );
+}
+
+#[test]
+fn output_path_is_an_existing_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("taken");
+    fs::write(&out, "keep me").unwrap();
+    expect_failure(tmp.path(), &fixture(), &out, &["taken", "exists and is a file"]);
+    assert_eq!(fs::read_to_string(&out).unwrap(), "keep me");
+}
+
+#[test]
+fn invalid_opset_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = gpt2c(&["export", fixture().to_str().unwrap(), "-o", out.to_str().unwrap(), "--opset", "9"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--opset 9: not supported; choose one from 14 to 23"));
+    assert!(!out.exists());
+}

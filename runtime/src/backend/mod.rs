@@ -1,0 +1,87 @@
+//! Backends that execute an exported ONNX graph, behind one small trait.
+//!
+//! A [`GraphRunner`] runs the graph once over named host tensors. The same
+//! test suite runs against every implementation: ONNX Runtime ([`ort`],
+//! feature `ort`) and tract ([`tract`], feature `tract`).
+
+#[cfg(feature = "ort")]
+pub mod ort;
+#[cfg(feature = "tract")]
+pub mod tract;
+
+use std::path::{Path, PathBuf};
+
+use crate::tensor::HostTensor;
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime's library was not found. Looked in: (1) ORT_DYLIB_PATH ({env}); (2) the `onnxruntime` \
+         Python package's capi/ folder ({python}); (3) the system library path ({system}). Install it with \
+         `pip install onnxruntime==1.31.1` or set ORT_DYLIB_PATH to libonnxruntime.so, or use `--backend tract`, \
+         which needs nothing installed"
+    )]
+    OrtNotFound { env: String, python: String, system: String },
+    #[error("ONNX Runtime ({library}): {message}")]
+    Ort { library: String, message: String },
+    #[error("tract: {0}")]
+    Tract(String),
+    #[error("{path}: cannot load model: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("input `{name}`: {message}")]
+    Input { name: String, message: String },
+    #[error("this build of gpt2c has no {0} backend (enable the cargo feature `{0}`)")]
+    Disabled(&'static str),
+}
+
+/// Which engine runs the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Ort,
+    Tract,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Ort => "ort",
+            BackendKind::Tract => "tract",
+        }
+    }
+}
+
+/// Settings shared by the backends.
+#[derive(Clone, Debug, Default)]
+pub struct RunnerOptions {
+    /// Intra-op threads; `None` lets the engine choose.
+    pub threads: Option<usize>,
+}
+
+/// Runs one forward pass of a loaded graph.
+pub trait GraphRunner {
+    /// Names of the graph inputs, in declaration order.
+    fn input_names(&self) -> Vec<String>;
+    /// Names of the graph outputs, in declaration order.
+    fn output_names(&self) -> Vec<String>;
+    /// Runs the graph; returns every output, in declaration order.
+    fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<(String, HostTensor)>, RuntimeError>;
+}
+
+/// Loads `model` (a `.onnx` file) on the chosen backend.
+pub fn load_runner(
+    kind: BackendKind,
+    model: &Path,
+    options: &RunnerOptions,
+) -> Result<Box<dyn GraphRunner>, RuntimeError> {
+    match kind {
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => Ok(Box::new(ort::OrtRunner::load(model, options)?)),
+        #[cfg(not(feature = "ort"))]
+        BackendKind::Ort => Err(RuntimeError::Disabled("ort")),
+        #[cfg(feature = "tract")]
+        BackendKind::Tract => Ok(Box::new(tract::TractRunner::load(model, options)?)),
+        #[cfg(not(feature = "tract"))]
+        BackendKind::Tract => Err(RuntimeError::Disabled("tract")),
+    }
+}

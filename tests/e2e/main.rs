@@ -1,0 +1,8 @@
+//! gpt2c's end-to-end suite: export fixtures, run them on every backend, and
+//! compare with transformers' reference outputs. See `gpt2c_tests` for the
+//! environment variables that locate optional tools.
+
+mod determinism;
+mod external_data;
+mod onnx_checker;
+mod parity;

@@ -1,0 +1,48 @@
+//! Written models pass the reference checker: `onnx.checker.check_model(path,
+//! full_check=True)` from the `onnx` Python package (structure, types, and
+//! shape inference against the declared inputs and outputs).
+
+use std::path::Path;
+use std::process::Command;
+
+use gpt2c_compiler::ExportOptions;
+use gpt2c_compiler::gpt2::GraphOptions;
+use gpt2c_compiler::onnx::ExternalData;
+use gpt2c_tests::{export_fixture, python_with_onnx};
+
+fn check(python: &Path, model: &Path) {
+    let script = "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True); print(onnx.__version__)";
+    let out = Command::new(python).args(["-c", script]).arg(model).output().unwrap();
+    assert!(
+        out.status.success(),
+        "onnx.checker rejected {}:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_fixture_passes_the_full_check() {
+    let Some(python) = python_with_onnx() else {
+        return;
+    };
+    for name in ["tiny-default", "tiny-inner-gelu", "tiny-scaled-attn", "tiny-default-f16", "tiny-base-noprefix"] {
+        let (_tmp, out) = export_fixture(name, &ExportOptions::default());
+        check(&python, &out.join("model.onnx"));
+    }
+}
+
+#[test]
+fn external_data_and_every_opset_pass_the_full_check() {
+    let Some(python) = python_with_onnx() else {
+        return;
+    };
+    let options = ExportOptions { external_data: ExternalData::Always, ..Default::default() };
+    let (_tmp, out) = export_fixture("tiny-default", &options);
+    check(&python, &out.join("model.onnx"));
+    for opset in [14, 16, 17, 21, 23] {
+        let options = ExportOptions { graph: GraphOptions { opset }, ..Default::default() };
+        let (_tmp, out) = export_fixture("tiny-scaled-attn", &options);
+        check(&python, &out.join("model.onnx"));
+    }
+}

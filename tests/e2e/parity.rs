@@ -1,0 +1,136 @@
+//! Exported graphs compute what transformers' GPT2LMHeadModel computes: logits
+//! and every present key/value, for (a) a prompt with an empty past, (b) one
+//! more token fed that past, (c) a left-padded batch, on every backend.
+
+use gpt2c_compiler::ExportOptions;
+use gpt2c_compiler::gpt2::GraphOptions;
+use gpt2c_runtime::{BackendKind, HostTensor};
+use gpt2c_tests::{Reference, backends, empty_past, export_fixture, fixture, max_abs_diff, runner};
+
+const TOLERANCE: f32 = 1e-4;
+
+struct Shape {
+    n_layer: usize,
+    n_head: usize,
+    head_dim: usize,
+}
+
+fn shape_of(name: &str) -> Shape {
+    let text = std::fs::read_to_string(fixture(name).join("config.json")).unwrap();
+    let c: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let n_head = c["n_head"].as_u64().unwrap() as usize;
+    Shape {
+        n_layer: c["n_layer"].as_u64().unwrap() as usize,
+        n_head,
+        head_dim: c["n_embd"].as_u64().unwrap() as usize / n_head,
+    }
+}
+
+/// Runs case `case` (a, b or c) and checks every output; `past` feeds case b.
+fn check_case(
+    kind: BackendKind,
+    run: &mut dyn gpt2c_runtime::GraphRunner,
+    reference: &Reference,
+    shape: &Shape,
+    case: &str,
+    past: Vec<(String, HostTensor)>,
+    label: &str,
+) -> Vec<(String, HostTensor)> {
+    let ids = reference.get(&format!("{case}.input_ids"));
+    let mask = reference.get(&format!("{case}.attention_mask"));
+    let positions = reference.get(&format!("{case}.position_ids"));
+    let mut inputs: Vec<(&str, &HostTensor)> =
+        vec![("input_ids", ids), ("attention_mask", mask), ("position_ids", positions)];
+    inputs.extend(past.iter().map(|(n, t)| (n.as_str(), t)));
+    let outputs = run.run(&inputs).unwrap_or_else(|e| panic!("{label} {} case {case}: {e}", kind.name()));
+
+    // Pad positions compute nothing meaningful (transformers' own attention
+    // implementations disagree there); compare where attention_mask is 1.
+    let mask_values = mask.as_i64().unwrap();
+    let total = mask.shape[1];
+    let seq = ids.shape[1];
+    let query_valid = |b: usize, s: usize| mask_values[b * total + (total - seq) + s] == 1;
+    let slot_valid = |b: usize, t: usize| mask_values[b * total + t] == 1;
+
+    let mut presents = Vec::new();
+    for (name, got) in outputs {
+        if name == "logits" {
+            let want = reference.get(&format!("{case}.logits"));
+            let d = max_abs_diff(&got, want, Some(&|i: &[usize]| query_valid(i[0], i[1])));
+            assert!(d <= TOLERANCE, "{label} {} case {case}: logits differ by {d}", kind.name());
+        } else {
+            let want = reference.get(&format!("{case}.{name}"));
+            let d = max_abs_diff(&got, want, Some(&|i: &[usize]| slot_valid(i[0], i[2])));
+            assert!(d <= TOLERANCE, "{label} {} case {case}: {name} differs by {d}", kind.name());
+            presents.push((name.replace("present.", "past_key_values."), got));
+        }
+    }
+    assert_eq!(presents.len(), 2 * shape.n_layer, "{label}: every layer's key and value are outputs");
+    presents
+}
+
+fn check_fixture(name: &str, reference_of: &str) {
+    let shape = shape_of(name);
+    let reference = Reference::load(&fixture(reference_of).join("reference.safetensors"));
+    let (_tmp, out) = export_fixture(name, &ExportOptions::default());
+    for kind in backends() {
+        let mut run = runner(kind, &out);
+        let past = empty_past(shape.n_layer, 1, shape.n_head, shape.head_dim);
+        let presents = check_case(kind, run.as_mut(), &reference, &shape, "a", past, name);
+        check_case(kind, run.as_mut(), &reference, &shape, "b", presents, name);
+        let past = empty_past(shape.n_layer, 2, shape.n_head, shape.head_dim);
+        check_case(kind, run.as_mut(), &reference, &shape, "c", past, name);
+    }
+}
+
+#[test]
+fn default_config_matches_transformers() {
+    check_fixture("tiny-default", "tiny-default");
+}
+
+#[test]
+fn n_inner_with_erf_gelu_matches_transformers() {
+    check_fixture("tiny-inner-gelu", "tiny-inner-gelu");
+}
+
+#[test]
+fn inverse_layer_scaling_and_upcast_attention_match_transformers() {
+    check_fixture("tiny-scaled-attn", "tiny-scaled-attn");
+}
+
+#[test]
+fn float16_weights_match_transformers() {
+    check_fixture("tiny-default-f16", "tiny-default-f16");
+}
+
+#[test]
+fn bfloat16_weights_match_transformers() {
+    check_fixture("tiny-default-bf16", "tiny-default-bf16");
+}
+
+#[test]
+fn sharded_checkpoint_matches_transformers() {
+    check_fixture("tiny-default-sharded", "tiny-default");
+}
+
+#[test]
+fn checkpoint_without_transformer_prefix_matches_transformers() {
+    check_fixture("tiny-base-noprefix", "tiny-default");
+}
+
+/// Every supported opset gives the same numbers (LayerNormalization is
+/// decomposed before 17, ReduceMean changes form at 18).
+#[test]
+fn every_opset_matches_transformers() {
+    let shape = shape_of("tiny-default");
+    let reference = Reference::load(&fixture("tiny-default").join("reference.safetensors"));
+    for opset in [14, 16, 17, 18, 21, 23] {
+        let options = ExportOptions { graph: GraphOptions { opset }, ..Default::default() };
+        let (_tmp, out) = export_fixture("tiny-default", &options);
+        for kind in backends() {
+            let mut run = runner(kind, &out);
+            let past = empty_past(shape.n_layer, 2, shape.n_head, shape.head_dim);
+            check_case(kind, run.as_mut(), &reference, &shape, "c", past, &format!("opset {opset}"));
+        }
+    }
+}
