@@ -181,7 +181,7 @@ fn install(staging: tempfile::TempDir, out_dir: &Path) -> Result<(), ExportError
 fn copy_side_files(ckpt: &Checkpoint, dest: &Path, warnings: &mut Vec<String>) -> Result<(), ExportError> {
     let dir = &ckpt.dir;
     let config_src = dir.join("config.json");
-    fs::copy(&config_src, dest.join("config.json")).map_err(io_error(&config_src))?;
+    copy_file(&config_src, &dest.join("config.json"))?;
 
     let gen_src = dir.join("generation_config.json");
     if gen_src.is_file() {
@@ -206,7 +206,7 @@ fn copy_side_files(ckpt: &Checkpoint, dest: &Path, warnings: &mut Vec<String>) -
             serde_json::from_slice::<Value>(&text)
                 .map_err(|e| ExportError::BadJson { path: src.clone(), message: e.to_string() })?;
         }
-        fs::copy(&src, dest.join(name)).map_err(io_error(&src))?;
+        copy_file(&src, &dest.join(name))?;
         found = true;
     }
     if !found {
@@ -216,6 +216,13 @@ fn copy_side_files(ckpt: &Checkpoint, dest: &Path, warnings: &mut Vec<String>) -
         ));
     }
     Ok(())
+}
+
+/// Copies contents only: the export's files get ordinary permissions even
+/// when the checkpoint's are read-only (a cache, a shared folder).
+fn copy_file(src: &Path, dest: &Path) -> Result<(), ExportError> {
+    let bytes = fs::read(src).map_err(io_error(src))?;
+    fs::write(dest, bytes).map_err(io_error(dest))
 }
 
 /// Generation parameters transformers reads from a model config, with the
