@@ -18,10 +18,12 @@ logits spread over several units and float error stays far below the gaps the te
   tiny-default        GPT2Config defaults apart from size: gelu_new, n_inner unset
   tiny-inner-gelu     n_inner=80 with the exact erf `gelu` activation
   tiny-scaled-attn    scale_attn_by_inverse_layer_idx + reorder_and_upcast_attn, 3 layers
+  tiny-untied         tie_word_embeddings=False: a separate lm_head.weight
   tiny-default-f16    tiny-default's weights stored as float16
   tiny-default-bf16   tiny-default's weights stored as bfloat16
   tiny-default-sharded tiny-default split into several safetensors shards with an index
-  tiny-base-noprefix  tiny-default saved from GPT2Model (weight names without `transformer.`)
+  tiny-base-noprefix  tiny-default saved from GPT2Model (weight names without `transformer.`), with
+                      expected_generation_config.json: what GenerationConfig.from_model_config derives
 
 Reference outputs (models/<name>/reference.safetensors), computed by transformers' GPT2LMHeadModel
 with eager attention in fp32 (for the f16/bf16 variants: the stored weights upcast to fp32):
@@ -41,7 +43,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VOCAB = 1000
@@ -175,6 +177,7 @@ def main():
         "tiny-inner-gelu": dict(seed=2, config=dict(n_inner=80, activation_function="gelu")),
         "tiny-scaled-attn": dict(seed=3, config=dict(n_layer=3, scale_attn_by_inverse_layer_idx=True,
                                                      reorder_and_upcast_attn=True)),
+        "tiny-untied": dict(seed=4, config=dict(tie_word_embeddings=False)),
     }
     index = {"versions": versions, "fixtures": {}}
     models_by_name = {}
@@ -217,6 +220,11 @@ def main():
     shutil.rmtree(out_dir, ignore_errors=True)
     base.transformer.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    # GPT2Model writes no generation_config.json; record what transformers derives from its config.
+    derived = GenerationConfig.from_model_config(base.transformer.config).to_diff_dict()
+    derived.pop("transformers_version", None)
+    with open(os.path.join(out_dir, "expected_generation_config.json"), "w") as f:
+        json.dump(derived, f, indent=2, sort_keys=True)
     index["fixtures"][name] = dict(same_weights_as="tiny-default", saved_from="GPT2Model",
                                    reference="../tiny-default/reference.safetensors")
 

@@ -3,6 +3,7 @@
 //! environment variables that locate optional tools.
 
 mod determinism;
+mod export_folder;
 mod external_data;
 mod onnx_checker;
 mod parity;

@@ -99,6 +99,11 @@ fn inverse_layer_scaling_and_upcast_attention_match_transformers() {
 }
 
 #[test]
+fn untied_lm_head_matches_transformers() {
+    check_fixture("tiny-untied", "tiny-untied");
+}
+
+#[test]
 fn float16_weights_match_transformers() {
     check_fixture("tiny-default-f16", "tiny-default-f16");
 }

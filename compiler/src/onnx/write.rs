@@ -94,15 +94,7 @@ pub fn write_model(
     mode: ExternalData,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Written, WriteError> {
-    let weight_bytes = graph.initializer_bytes() as u64;
-    let external = match mode {
-        ExternalData::Always => true,
-        ExternalData::Auto => weight_bytes > PROTOBUF_LIMIT - STRUCTURE_MARGIN,
-        ExternalData::Never if weight_bytes > PROTOBUF_LIMIT - STRUCTURE_MARGIN => {
-            return Err(WriteError::TooLargeInline { bytes: weight_bytes });
-        }
-        ExternalData::Never => false,
-    };
+    let external = use_external_data(mode, graph.initializer_bytes() as u64)?;
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WriteError::Io { path: path.clone(), source }
@@ -116,6 +108,17 @@ pub fn write_model(
         let model_bytes = out.written;
         finish(out.inner).map_err(io_err(model_path))?;
         Ok(Written { model_path: model_path.into(), model_bytes, data: None })
+    }
+}
+
+/// Whether weights of this size go to an external data file under `mode`.
+pub fn use_external_data(mode: ExternalData, weight_bytes: u64) -> Result<bool, WriteError> {
+    let fits_inline = weight_bytes <= PROTOBUF_LIMIT - STRUCTURE_MARGIN;
+    match mode {
+        ExternalData::Always => Ok(true),
+        ExternalData::Auto => Ok(!fits_inline),
+        ExternalData::Never if fits_inline => Ok(false),
+        ExternalData::Never => Err(WriteError::TooLargeInline { bytes: weight_bytes }),
     }
 }
 
@@ -210,4 +213,23 @@ fn write_external(
     file.write_all(&bytes).map_err(model_err)?;
     file.sync_all().map_err(model_err)?;
     Ok(Written { model_path: model_path.into(), model_bytes: bytes.len() as u64, data: Some((data_path, data_bytes)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_goes_external_only_past_the_protobuf_limit() {
+        let small = 500 << 20;
+        let large = 3u64 << 30;
+        assert!(!use_external_data(ExternalData::Auto, small).unwrap());
+        assert!(use_external_data(ExternalData::Auto, large).unwrap());
+        assert!(use_external_data(ExternalData::Always, small).unwrap());
+        assert!(!use_external_data(ExternalData::Never, small).unwrap());
+        let err = use_external_data(ExternalData::Never, large).unwrap_err().to_string();
+        assert!(err.contains("2 GiB") && err.contains("--external-data"), "{err}");
+        // The margin keeps room for the graph structure below the hard limit.
+        assert!(use_external_data(ExternalData::Auto, PROTOBUF_LIMIT - 1).unwrap());
+    }
 }
