@@ -1,11 +1,21 @@
 //! gpt2c's runtime: runs an export folder on ONNX Runtime (`ort`, loaded
-//! dynamically) or tract (pure Rust).
+//! dynamically) or tract (pure Rust), with one generation driver for both.
 //!
-//! [`backend`] holds the graph runners behind one small trait; both run the
-//! same graph and are cross-checked by the test suite.
+//! ```text
+//! export folder ─► model (config, generation_config, tokenizer) ─► backend (ort | tract)
+//!               ─► session (graph + KV cache) ─► generate (processors, strategies, stopping) ─► tokens / text
+//! ```
 
 pub mod backend;
+pub mod generate;
+pub mod model;
+pub mod session;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use backend::{BackendKind, GraphRunner, RunnerOptions, RuntimeError, load_runner};
+pub use generate::{GenerateError, GenerationConfig, GenerationOutput, ModelLimits, generate};
+pub use model::{ExportedModel, ModelError};
+pub use session::{DecoderSession, KvSession};
 pub use tensor::{HostData, HostTensor};
+pub use tokenizer::TextTokenizer;

@@ -5,5 +5,6 @@
 mod determinism;
 mod export_folder;
 mod external_data;
+mod generation;
 mod onnx_checker;
 mod parity;

@@ -1,0 +1,232 @@
+//! Beam search and beam sampling, as transformers 4.57's vectorised
+//! `_beam_search` computes them, per batch item:
+//!
+//! 1. `log_softmax(logits)` → processors → plus each beam's running score
+//!    (beam 0 starts at 0, the others at -1e9);
+//! 2. the top `K = max(2, 1 + n_eos) × num_beams` continuations over
+//!    `num_beams × vocab` (drawn without replacement from the softmax when sampling);
+//! 3. continuations that hit a stopping criterion (EOS, max length, stop
+//!    string) become finished hypotheses if ranked below `num_beams`, scored
+//!    `sum_logprobs / generated_len ** length_penalty`; the best `num_beams`
+//!    finished ones are kept;
+//! 4. the best `num_beams` others keep running; the cache follows them;
+//! 5. early stopping: `True` stops once `num_beams` hypotheses are finished;
+//!    `False` when the best running score can no longer beat the worst
+//!    finished one at the current length; `"never"` the same at `max_length`
+//!    when `length_penalty > 0`.
+
+use super::config::EarlyStopping;
+use super::math::{log_softmax, softmax};
+use super::sampling::Rng;
+use super::stopping::FinishReason;
+use super::{GenerateError, GenerationOutput, Mode, Plan, SequenceResult};
+use crate::session::DecoderSession;
+
+const NEG: f32 = -1.0e9;
+
+/// One finished-hypothesis slot.
+#[derive(Clone)]
+struct Finished {
+    tokens: Vec<u32>,
+    score: f32,
+    done: bool,
+    reason: FinishReason,
+}
+
+/// A candidate continuation.
+#[derive(Clone, Copy)]
+struct Candidate {
+    beam: usize,
+    token: u32,
+    score: f32,
+}
+
+/// Indices of the `k` largest values, largest first, earlier index first on ties.
+fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    let k = k.min(idx.len());
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, |&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+        idx.truncate(k);
+    }
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx
+}
+
+pub(super) fn run(
+    session: &mut dyn DecoderSession,
+    prompts: &[Vec<u32>],
+    plan: &Plan<'_>,
+) -> Result<GenerationOutput, GenerateError> {
+    let cfg = &plan.config;
+    let beams = cfg.num_beams;
+    let batch = prompts.len();
+    let keep = 2.max(1 + plan.eos.len()) * beams;
+    let sampling = plan.mode == Mode::BeamSample;
+    let mut rng = Rng::new(plan.seed);
+    let prompt_len = plan.prompt_len;
+    let lp = cfg.length_penalty;
+
+    // Prefill each prompt once, then copy its cache into every beam.
+    let mut rows = super::rows::Rows::new(prompts, 1, plan.pad);
+    let logits = rows.prefill(session)?;
+    let expand: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat_n(b, beams)).collect();
+    rows.select(&expand, session)?;
+    let mut logits_rows: Vec<Vec<f32>> = expand.iter().map(|&b| logits.row(b).to_vec()).collect();
+
+    let mut running_scores: Vec<Vec<f32>> =
+        (0..batch).map(|_| (0..beams).map(|k| if k == 0 { 0.0 } else { NEG }).collect()).collect();
+    let mut finished: Vec<Vec<Finished>> = (0..batch)
+        .map(|b| {
+            let slot = Finished {
+                tokens: rows.tokens[b * beams].clone(),
+                score: NEG,
+                done: false,
+                reason: FinishReason::Length,
+            };
+            vec![slot; beams]
+        })
+        .collect();
+    let mut improvable = vec![true; batch];
+
+    loop {
+        let cur_len = rows.cur_len();
+        let vocab = logits_rows.first().map_or(0, Vec::len);
+        let processed: Vec<Vec<f32>> = logits_rows
+            .iter()
+            .enumerate()
+            .map(|(r, l)| {
+                let mut s = log_softmax(l);
+                plan.pipeline.apply(&rows.tokens[r], &mut s, &[]);
+                s
+            })
+            .collect();
+
+        let mut selected_rows = Vec::with_capacity(batch * beams);
+        let mut next_tokens = Vec::with_capacity(batch * beams);
+        let mut all_hit = true;
+        for b in 0..batch {
+            let mut acc = Vec::with_capacity(beams * vocab);
+            for k in 0..beams {
+                let base = running_scores[b][k];
+                acc.extend(processed[b * beams + k].iter().map(|&s| s + base));
+            }
+            let picked: Vec<usize> =
+                if sampling { rng.categorical_distinct(&softmax(&acc), keep) } else { top_k(&acc, keep) };
+            let candidates: Vec<Candidate> = picked
+                .iter()
+                .map(|&i| Candidate { beam: i / vocab, token: (i % vocab) as u32, score: acc[i] })
+                .collect();
+            let hits: Vec<Option<FinishReason>> = candidates
+                .iter()
+                .map(|c| {
+                    let mut seq = rows.tokens[b * beams + c.beam].clone();
+                    seq.push(c.token);
+                    plan.stopping.check(&seq)
+                })
+                .collect();
+            all_hit &= hits.iter().all(Option::is_some);
+
+            // Running beams for the next step: the best that did not stop.
+            let adjusted: Vec<f32> =
+                candidates.iter().zip(&hits).map(|(c, h)| c.score + if h.is_some() { NEG } else { 0.0 }).collect();
+            let next = top_k(&adjusted, beams);
+
+            // Finished hypotheses: merge the kept ones with those finishing now.
+            let full = finished[b].iter().all(|f| f.done) && cfg.early_stopping == EarlyStopping::True;
+            let denominator = ((cur_len + 1 - prompt_len) as f64).powf(f64::from(lp)) as f32;
+            let mut merged_scores: Vec<f32> = finished[b].iter().map(|f| f.score).collect();
+            for (rank, (c, h)) in candidates.iter().zip(&hits).enumerate() {
+                let did_finish = h.is_some() && rank < beams;
+                let mut s = c.score / denominator;
+                if full {
+                    s += NEG;
+                }
+                if !improvable[b] {
+                    s += NEG;
+                }
+                if !did_finish {
+                    s += NEG;
+                }
+                merged_scores.push(s);
+            }
+            let chosen = top_k(&merged_scores, beams);
+            finished[b] = chosen
+                .iter()
+                .map(|&i| {
+                    if i < beams {
+                        finished[b][i].clone()
+                    } else {
+                        let rank = i - beams;
+                        let c = candidates[rank];
+                        let mut tokens = rows.tokens[b * beams + c.beam].clone();
+                        tokens.push(c.token);
+                        Finished {
+                            tokens,
+                            score: merged_scores[i],
+                            done: hits[rank].is_some() && rank < beams,
+                            reason: hits[rank].unwrap_or(FinishReason::Length),
+                        }
+                    }
+                })
+                .collect();
+
+            running_scores[b] = next.iter().map(|&i| adjusted[i]).collect();
+            for &i in &next {
+                selected_rows.push(b * beams + candidates[i].beam);
+                next_tokens.push(candidates[i].token);
+            }
+        }
+        rows.select(&selected_rows, session)?;
+        rows.push(&next_tokens);
+        let cur_len = rows.cur_len();
+
+        for b in 0..batch {
+            let length = match cfg.early_stopping {
+                EarlyStopping::Never if lp > 0.0 => plan.max_length - prompt_len,
+                _ => cur_len - prompt_len,
+            };
+            let best_possible = running_scores[b][0] / (length as f64).powf(f64::from(lp)) as f32;
+            // A slot still open counts as -1e9; a finished one as the worst finished score.
+            let worst = finished[b].iter().map(|f| f.score).fold(f32::INFINITY, f32::min);
+            let can_improve = finished[b].iter().any(|f| best_possible > if f.done { worst } else { NEG });
+            improvable[b] &= can_improve;
+        }
+        let improvement_possible = improvable.iter().any(|&i| i);
+        let open = !(finished.iter().all(|f| f.iter().all(|s| s.done)) && cfg.early_stopping == EarlyStopping::True);
+        if !(improvement_possible && open && !all_hit) {
+            break;
+        }
+        let logits = rows.step(session)?;
+        logits_rows = (0..rows.len()).map(|r| logits.row(r).to_vec()).collect();
+    }
+
+    // The best `num_return_sequences` finished hypotheses per prompt, padded to one length.
+    // transformers fills with `pad_token_id or eos_token_id[0]` (a pad id of 0 reads as unset).
+    let fill = if plan.pad == 0 { plan.eos.first().copied().unwrap_or(0) } else { plan.pad };
+    let returned: Vec<(usize, &Finished)> = finished
+        .iter()
+        .enumerate()
+        .flat_map(|(b, f)| f.iter().take(cfg.num_return_sequences).map(move |s| (b, s)))
+        .collect();
+    let longest = returned.iter().map(|(_, f)| f.tokens.len()).max().unwrap_or(prompt_len);
+    let sequences = returned
+        .iter()
+        .map(|(_, f)| {
+            let mut s = f.tokens.clone();
+            s.resize(longest, fill);
+            s
+        })
+        .collect();
+    let results = returned
+        .iter()
+        .map(|&(b, f)| SequenceResult {
+            prompt: b,
+            tokens: f.tokens[prompt_len..].to_vec(),
+            finish_reason: f.reason,
+            score: Some(f.score),
+            token_logprobs: Vec::new(),
+        })
+        .collect();
+    Ok(GenerationOutput { sequences, prompt_len, results, notices: Vec::new(), seed: None })
+}

@@ -1,0 +1,80 @@
+//! Greedy decoding and multinomial sampling (transformers' `_sample`): one
+//! token per row per step; rows that finished receive `pad_token_id` until
+//! every row is done.
+
+use super::math::{argmax, log_softmax, softmax};
+use super::sampling::Rng;
+use super::stopping::FinishReason;
+use super::{GenerateError, GenerationOutput, Mode, Plan, SequenceResult};
+use crate::session::DecoderSession;
+
+pub(super) fn run(
+    session: &mut dyn DecoderSession,
+    prompts: &[Vec<u32>],
+    plan: &Plan<'_>,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<GenerationOutput, GenerateError> {
+    let expand = plan.config.num_return_sequences;
+    let mut rows = super::rows::Rows::new(prompts, expand, plan.pad);
+    let n = rows.len();
+    let sampling = plan.mode == Mode::Sample;
+    let mut rng = Rng::new(plan.seed);
+    let has_eos = !plan.eos.is_empty();
+    let mut finished: Vec<Option<(FinishReason, usize)>> = vec![None; n];
+    let mut logprobs: Vec<Vec<f32>> = vec![Vec::new(); n];
+
+    let mut logits = rows.prefill(session)?;
+    loop {
+        let mut next = Vec::with_capacity(n);
+        for r in 0..n {
+            let mut scores = logits.row(r).to_vec();
+            plan.pipeline.apply(&rows.tokens[r], &mut scores, &[]);
+            let token = if sampling {
+                let probs = softmax(&scores);
+                // Every token masked (e.g. all suppressed): fall back to the best score, as argmax would.
+                rng.categorical(&probs).unwrap_or_else(|| argmax(&scores))
+            } else {
+                argmax(&scores)
+            } as u32;
+            let token = if finished[r].is_some() && has_eos { plan.pad } else { token };
+            if finished[r].is_none() {
+                logprobs[r].push(log_softmax(&scores).get(token as usize).copied().unwrap_or(f32::NEG_INFINITY));
+                on_token(r, token);
+            }
+            next.push(token);
+        }
+        rows.push(&next);
+        let cur_len = rows.cur_len();
+        for (r, done) in finished.iter_mut().enumerate() {
+            if done.is_none() {
+                *done = plan.stopping.check(&rows.tokens[r]).map(|reason| (reason, cur_len - plan.prompt_len));
+            }
+        }
+        if finished.iter().all(Option::is_some) {
+            break;
+        }
+        logits = rows.step(session)?;
+    }
+
+    let results = finished
+        .iter()
+        .enumerate()
+        .map(|(r, f)| {
+            let (reason, generated) = f.unwrap_or((FinishReason::Length, rows.cur_len() - plan.prompt_len));
+            SequenceResult {
+                prompt: r / expand,
+                tokens: rows.tokens[r][plan.prompt_len..plan.prompt_len + generated].to_vec(),
+                finish_reason: reason,
+                score: None,
+                token_logprobs: std::mem::take(&mut logprobs[r]),
+            }
+        })
+        .collect();
+    Ok(GenerationOutput {
+        sequences: rows.tokens,
+        prompt_len: plan.prompt_len,
+        results,
+        notices: Vec::new(),
+        seed: None,
+    })
+}

@@ -1,0 +1,131 @@
+//! An export folder as the runtime sees it: `model.onnx`, the few
+//! `config.json` values generation needs, `generation_config.json` (the
+//! defaults a caller overrides) and the tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::backend::{BackendKind, RunnerOptions, RuntimeError, load_runner};
+use crate::session::{DecoderSession, KvSession};
+use crate::tokenizer::TextTokenizer;
+
+/// Errors reading an export folder.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}: not an export folder (no model.onnx); make one with `gpt2c export`")]
+    NoModel(PathBuf),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error(
+        "{0}: no tokenizer (tokenizer.json) in the export folder; copy the checkpoint's tokenizer files there or re-export"
+    )]
+    NoTokenizer(PathBuf),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// What the runtime needs from config.json (transformers' GPT2Config defaults).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ModelConfig {
+    #[serde(default = "d_vocab", alias = "vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "d_positions", alias = "max_position_embeddings")]
+    pub n_positions: usize,
+    #[serde(default = "d_embd", alias = "hidden_size")]
+    pub n_embd: usize,
+    #[serde(default = "d_layer", alias = "num_hidden_layers")]
+    pub n_layer: usize,
+    #[serde(default = "d_head", alias = "num_attention_heads")]
+    pub n_head: usize,
+}
+
+fn d_vocab() -> usize {
+    50257
+}
+fn d_positions() -> usize {
+    1024
+}
+fn d_embd() -> usize {
+    768
+}
+fn d_layer() -> usize {
+    12
+}
+fn d_head() -> usize {
+    12
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head.max(1)
+    }
+}
+
+/// An export folder, opened.
+pub struct ExportedModel {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    /// config.json as written (token ids live here too).
+    pub config_json: Map<String, Value>,
+    /// generation_config.json, or an empty object when absent.
+    pub generation_json: Map<String, Value>,
+}
+
+fn read_json(path: &Path) -> Result<Map<String, Value>, ModelError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ModelError::File { path: path.into(), message: format!("cannot read: {e}") })?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ModelError::File { path: path.into(), message: "expected a JSON object".into() }),
+        Err(e) => Err(ModelError::File { path: path.into(), message: format!("not valid JSON: {e}") }),
+    }
+}
+
+impl ExportedModel {
+    pub fn open(dir: &Path) -> Result<ExportedModel, ModelError> {
+        if !dir.join("model.onnx").is_file() {
+            return Err(ModelError::NoModel(dir.into()));
+        }
+        let config_path = dir.join("config.json");
+        let config_json = read_json(&config_path)?;
+        let config: ModelConfig = serde_json::from_value(Value::Object(config_json.clone()))
+            .map_err(|e| ModelError::File { path: config_path.clone(), message: e.to_string() })?;
+        if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) || config.n_layer == 0 {
+            return Err(ModelError::File {
+                path: config_path,
+                message: format!(
+                    "n_embd ({}) must be a multiple of n_head ({}) and n_layer ({}) positive",
+                    config.n_embd, config.n_head, config.n_layer
+                ),
+            });
+        }
+        let gen_path = dir.join("generation_config.json");
+        let generation_json = if gen_path.is_file() { read_json(&gen_path)? } else { Map::new() };
+        Ok(ExportedModel { dir: dir.into(), config, config_json, generation_json })
+    }
+
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join("model.onnx")
+    }
+
+    /// Loads the tokenizer (`tokenizer.json`).
+    pub fn tokenizer(&self) -> Result<TextTokenizer, ModelError> {
+        let path = self.dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(ModelError::NoTokenizer(self.dir.clone()));
+        }
+        TextTokenizer::from_file(&path).map_err(|message| ModelError::File { path, message })
+    }
+
+    /// A decoding session (graph + KV cache) on the chosen backend.
+    pub fn session(
+        &self,
+        backend: BackendKind,
+        options: &RunnerOptions,
+    ) -> Result<Box<dyn DecoderSession>, ModelError> {
+        let runner = load_runner(backend, &self.model_path(), options)?;
+        Ok(Box::new(KvSession::new(runner, &self.config)))
+    }
+}

@@ -1,0 +1,82 @@
+//! gpt2c's generate() against transformers' generate(): the token ids
+//! recorded by `models/make_generation_fixtures.py` (greedy, beam search over
+//! length_penalty × early_stopping, group beam search from 4.56, every logits
+//! processor, batches of different lengths), on every backend.
+
+use std::path::Path;
+
+use gpt2c_compiler::ExportOptions;
+use gpt2c_runtime::generate::GenerationConfig;
+use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions, generate};
+use gpt2c_tests::{backends, export_fixture, fixture, shared_dir};
+use serde_json::{Map, Value};
+
+struct Case {
+    name: String,
+    prompts: Vec<Vec<u32>>,
+    kwargs: Map<String, Value>,
+    sequences: Vec<Vec<u32>>,
+    scores: Option<Vec<f64>>,
+}
+
+fn load_cases(path: &Path) -> Vec<Case> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            name: c["name"].as_str().unwrap().to_string(),
+            prompts: serde_json::from_value(c["prompts"].clone()).unwrap(),
+            kwargs: c["kwargs"].as_object().unwrap().clone(),
+            sequences: serde_json::from_value(c["sequences"].clone()).unwrap(),
+            scores: c.get("sequences_scores").map(|s| serde_json::from_value(s.clone()).unwrap()),
+        })
+        .collect()
+}
+
+/// Runs every case on every backend and asserts transformers' exact token ids.
+fn check_cases(export_dir: &Path, cases: &[Case]) {
+    let model = ExportedModel::open(export_dir).unwrap();
+    let tokenizer = model.tokenizer().unwrap();
+    let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
+    for kind in backends() {
+        let mut session = model.session(kind, &RunnerOptions::default()).unwrap();
+        for case in cases {
+            let config = GenerationConfig::from_json(&model.generation_json, &case.kwargs)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            let out = generate(session.as_mut(), limits, &case.prompts, &config, Some(&tokenizer), &mut |_, _| {})
+                .unwrap_or_else(|e| panic!("{} on {}: {e}", case.name, kind.name()));
+            assert_eq!(out.sequences, case.sequences, "case {} on {}", case.name, kind.name());
+            if let Some(want) = &case.scores {
+                let got: Vec<f64> = out.results.iter().map(|r| f64::from(r.score.unwrap())).collect();
+                for (g, w) in got.iter().zip(want) {
+                    assert!((g - w).abs() < 1e-3, "case {} on {}: scores {got:?} vs {want:?}", case.name, kind.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_default_matches_transformers_4_57() {
+    let (_tmp, out) = export_fixture("tiny-default", &ExportOptions::default());
+    check_cases(&out, &load_cases(&fixture("generation/tiny-default.json")));
+}
+
+#[test]
+fn group_beam_search_matches_transformers_4_56() {
+    let (_tmp, out) = export_fixture("tiny-default", &ExportOptions::default());
+    check_cases(&out, &load_cases(&fixture("generation/tiny-default-group-beam.json")));
+}
+
+/// A model trained on English prose, with the real GPT-2 vocabulary.
+#[test]
+fn tiny_trained_matches_transformers() {
+    let Some(shared) = shared_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &ExportOptions::default(), &mut |_| {}).unwrap();
+    check_cases(&out, &load_cases(&fixture("generation/tiny-trained.json")));
+}
