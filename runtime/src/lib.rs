@@ -11,6 +11,7 @@ pub mod generate;
 pub mod model;
 pub mod session;
 pub mod tensor;
+pub mod text;
 pub mod tokenizer;
 
 pub use backend::{BackendKind, GraphRunner, RunnerOptions, RuntimeError, load_runner};

@@ -63,6 +63,14 @@ impl ModelConfig {
     }
 }
 
+/// A loaded session with what runs it and any loading warnings.
+pub struct LoadedSession {
+    pub session: Box<dyn DecoderSession>,
+    /// What runs the graph, for people.
+    pub description: String,
+    pub warnings: Vec<String>,
+}
+
 /// An export folder, opened.
 pub struct ExportedModel {
     pub dir: PathBuf,
@@ -125,7 +133,17 @@ impl ExportedModel {
         backend: BackendKind,
         options: &RunnerOptions,
     ) -> Result<Box<dyn DecoderSession>, ModelError> {
+        Ok(self.session_with_report(backend, options)?.session)
+    }
+
+    /// A session plus what runs it and any loading warnings.
+    pub fn session_with_report(
+        &self,
+        backend: BackendKind,
+        options: &RunnerOptions,
+    ) -> Result<LoadedSession, ModelError> {
         let runner = load_runner(backend, &self.model_path(), options)?;
-        Ok(Box::new(KvSession::new(runner, &self.config)))
+        let (description, warnings) = (runner.describe(), runner.warnings());
+        Ok(LoadedSession { session: Box::new(KvSession::new(runner, &self.config)), description, warnings })
     }
 }

@@ -2,9 +2,12 @@
 //! compare with transformers' reference outputs. See `gpt2c_tests` for the
 //! environment variables that locate optional tools.
 
+mod batching;
 mod determinism;
 mod export_folder;
 mod external_data;
 mod generation;
 mod onnx_checker;
 mod parity;
+mod sampling;
+mod streaming;

@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive; doc comments are the help text) and dispatch.
 
 mod export;
+mod generate;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +21,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Export(export::ExportArgs),
+    Generate(generate::GenerateArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Export(args) => export::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }

@@ -6,6 +6,8 @@
 
 #[cfg(feature = "ort")]
 pub mod ort;
+#[cfg(feature = "ort")]
+pub mod ort_ep;
 #[cfg(feature = "tract")]
 pub mod tract;
 
@@ -33,6 +35,8 @@ pub enum RuntimeError {
     Input { name: String, message: String },
     #[error("this build of gpt2c has no {0} backend (enable the cargo feature `{0}`)")]
     Disabled(&'static str),
+    #[error("execution provider `{name}`: {reason}")]
+    ExecutionProvider { name: String, reason: String },
 }
 
 /// Which engine runs the graph.
@@ -56,6 +60,10 @@ impl BackendKind {
 pub struct RunnerOptions {
     /// Intra-op threads; `None` lets the engine choose.
     pub threads: Option<usize>,
+    /// ONNX Runtime execution providers by name, in order of preference (`cuda`, `cpu`, ...).
+    pub execution_providers: Vec<String>,
+    /// Fail instead of warning when a requested execution provider cannot be used.
+    pub ep_strict: bool,
 }
 
 /// Runs one forward pass of a loaded graph.
@@ -66,6 +74,12 @@ pub trait GraphRunner {
     fn output_names(&self) -> Vec<String>;
     /// Runs the graph; returns every output, in declaration order.
     fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<(String, HostTensor)>, RuntimeError>;
+    /// What runs the graph, for people (`ort 1.31.1 (CUDAExecutionProvider, CPUExecutionProvider)`).
+    fn describe(&self) -> String;
+    /// Warnings from loading (e.g. an execution provider that was skipped).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Loads `model` (a `.onnx` file) on the chosen backend.

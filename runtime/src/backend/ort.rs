@@ -113,6 +113,8 @@ pub fn library_path() -> Result<PathBuf, RuntimeError> {
 pub struct OrtRunner {
     session: Session,
     library: String,
+    providers: Vec<String>,
+    warnings: Vec<String>,
 }
 
 impl OrtRunner {
@@ -125,8 +127,10 @@ impl OrtRunner {
         if let Some(n) = options.threads {
             builder = builder.with_intra_threads(n).map_err(|e| fail(&e))?;
         }
+        let (mut builder, providers, warnings) =
+            super::ort_ep::register(builder, &options.execution_providers, options.ep_strict)?;
         let session = builder.commit_from_file(model).map_err(|e| fail(&e))?;
-        Ok(OrtRunner { session, library })
+        Ok(OrtRunner { session, library, providers, warnings })
     }
 }
 
@@ -139,6 +143,14 @@ fn to_value(t: &HostTensor) -> Result<DynValue, ort::Error> {
 }
 
 impl GraphRunner for OrtRunner {
+    fn describe(&self) -> String {
+        format!("ONNX Runtime {} ({})", self.library, self.providers.join(", "))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
     fn input_names(&self) -> Vec<String> {
         self.session.inputs().iter().map(|i| i.name().to_string()).collect()
     }

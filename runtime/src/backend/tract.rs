@@ -47,6 +47,10 @@ fn to_tvalue(t: &HostTensor) -> TractResult<TValue> {
 }
 
 impl GraphRunner for TractRunner {
+    fn describe(&self) -> String {
+        "tract (pure Rust, CPU)".to_string()
+    }
+
     fn input_names(&self) -> Vec<String> {
         self.inputs.clone()
     }

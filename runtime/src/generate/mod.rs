@@ -127,6 +127,17 @@ pub fn generate(
     Ok(out)
 }
 
+/// Checks prompts and settings the way [`generate`] will, without running
+/// anything; returns the notices generation would give (e.g. a capped length).
+pub fn check(
+    limits: ModelLimits,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    tokenizer: Option<&TextTokenizer>,
+) -> Result<Vec<String>, GenerateError> {
+    plan(limits, prompts, config, tokenizer).map(|(_, notices)| notices)
+}
+
 /// Validates everything and fixes lengths, before any compute.
 fn plan<'t>(
     limits: ModelLimits,

@@ -1,0 +1,363 @@
+//! `gpt2c generate`: text generation from an export folder, with
+//! transformers' generate() options under their own names.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use gpt2c_runtime::generate::{GenerationConfig, Mode};
+use gpt2c_runtime::text::{BackendChoice, TextGenerator};
+use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions};
+use serde_json::{Map, Value, json};
+
+/// Generate text from an export folder, on ONNX Runtime or tract.
+///
+/// Every decoding option of transformers' generate() is available under its own name in kebab case;
+/// options not given take their value from the folder's generation_config.json, then from
+/// transformers' defaults (greedy decoding, max_length 20 = 20 new tokens). The same prompt gives
+/// the same tokens as transformers' model.generate() wherever the algorithm is deterministic.
+///
+/// What is printed: with one prompt and greedy decoding or sampling, the prompt and then each new
+/// piece of text as soon as it is complete UTF-8. With several prompts or sequences, each sequence
+/// is printed when generation ends, under a header. Beam search methods print their returned
+/// sequences when the search ends (the best beam can change until then, so nothing is streamed).
+/// --json prints one JSON object instead (token ids, text, finish reason, scores per sequence).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    gpt2c generate out/gpt2 --prompt \"Hello, my name is\" --max-new-tokens 30\n  \
+    gpt2c generate out/gpt2 --prompt \"The\" --do-sample --top-p 0.9 --temperature 0.7 --seed 1\n  \
+    gpt2c generate out/gpt2 --prompt \"The\" --num-beams 4 --num-return-sequences 2 --json")]
+pub struct GenerateArgs {
+    /// Export folder written by `gpt2c export` (model.onnx, config.json, tokenizer.json, ...).
+    pub model: PathBuf,
+
+    /// A prompt; repeat for a batch (prompts of different lengths are left-padded).
+    #[arg(long = "prompt", short = 'p')]
+    pub prompts: Vec<String>,
+
+    /// A file with one prompt per line (empty lines are skipped).
+    #[arg(long)]
+    pub prompts_file: Option<PathBuf>,
+
+    /// `ort` (ONNX Runtime), `tract` (pure Rust, nothing to install), or `auto`: ONNX Runtime when its
+    /// library is found (ORT_DYLIB_PATH, the Python onnxruntime package, the system path), else tract.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+
+    /// ONNX Runtime execution providers in order of preference, e.g. `cuda,cpu` (also tensorrt,
+    /// openvino, rocm, migraphx, onednn, xnnpack, coreml, directml, qnn, webgpu). One that is not
+    /// available is skipped with a warning; CPU is always the last resort.
+    #[arg(long, value_delimiter = ',')]
+    pub ep: Vec<String>,
+
+    /// Fail instead of warning when an execution provider given with --ep is unavailable.
+    #[arg(long)]
+    pub ep_strict: bool,
+
+    /// Threads per operator (ONNX Runtime intra-op threads; tract's thread pool).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Print one JSON object: token ids, text, finish reason and scores per sequence.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print no notes or warnings on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub options: GenerationOptions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Auto,
+    Ort,
+    Tract,
+}
+
+/// transformers' generation options (each overrides generation_config.json).
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Generation options (transformers' names)")]
+pub struct GenerationOptions {
+    /// Seed of the sampler; the same seed gives the same tokens (a fresh seed otherwise, printed with --json).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Maximum total length (prompt + new tokens).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Maximum number of new tokens (takes precedence over --max-length).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Minimum total length before EOS may be generated.
+    #[arg(long)]
+    pub min_length: Option<usize>,
+    /// Minimum number of new tokens before EOS may be generated.
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_time: Option<f64>,
+    /// Stop when this string is generated (repeatable).
+    #[arg(long)]
+    pub stop_strings: Vec<String>,
+    /// Sample instead of choosing the most likely token (`--do-sample` or `--do-sample false`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub do_sample: Option<bool>,
+    /// Beam search with this many beams.
+    #[arg(long)]
+    pub num_beams: Option<usize>,
+    /// Diverse beam search: split the beams into this many groups (needs --diversity-penalty).
+    #[arg(long)]
+    pub num_beam_groups: Option<usize>,
+    /// Penalty on a group choosing tokens earlier groups chose at the same step.
+    #[arg(long, allow_negative_numbers = true)]
+    pub diversity_penalty: Option<f32>,
+    /// Beam search: exponent of the length in the hypothesis score (> 0 favours longer sequences).
+    #[arg(long, allow_negative_numbers = true)]
+    pub length_penalty: Option<f32>,
+    /// Beam search stopping: `true` (once num_beams hypotheses are done), `false` (heuristic), `never`.
+    #[arg(long, value_parser = ["true", "false", "never"])]
+    pub early_stopping: Option<String>,
+    /// Sequences returned per prompt (≤ num_beams with beam search; sampling draws this many).
+    #[arg(long)]
+    pub num_return_sequences: Option<usize>,
+    /// Sampling temperature (> 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Sample among the k most likely tokens (0 disables; default 50).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities add up to p, in (0, 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than min_p × the top token's probability.
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
+    /// Locally typical sampling mass, in (0, 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub typical_p: Option<f32>,
+    /// Drop tokens with probability below this, in [0, 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub epsilon_cutoff: Option<f32>,
+    /// Eta sampling cutoff, in [0, 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub eta_cutoff: Option<f32>,
+    /// Divide (or multiply, for negative scores) the scores of tokens already present (> 0; 1 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub repetition_penalty: Option<f32>,
+    /// Never repeat an n-gram of this size.
+    #[arg(long)]
+    pub no_repeat_ngram_size: Option<usize>,
+    /// Token id sequences that must not be generated, as JSON: `[[1, 2], [3]]`.
+    #[arg(long)]
+    pub bad_words_ids: Option<String>,
+    /// Biases added to tokens completing sequences, as JSON: `[[[12, 7], -5.0], [[3], 2.0]]`.
+    #[arg(long)]
+    pub sequence_bias: Option<String>,
+    /// Token ids that are never generated (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub suppress_tokens: Option<Vec<u32>>,
+    /// Token ids that are not generated as the first new token (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub begin_suppress_tokens: Option<Vec<u32>>,
+    /// Force this token first when the prompt is one token long.
+    #[arg(long)]
+    pub forced_bos_token_id: Option<u32>,
+    /// Force one of these tokens (comma-separated) when max_length is reached.
+    #[arg(long, value_delimiter = ',')]
+    pub forced_eos_token_id: Option<Vec<u32>>,
+    /// `START,FACTOR`: after START new tokens, raise EOS's score by FACTOR^n.
+    #[arg(long)]
+    pub exponential_decay_length_penalty: Option<String>,
+    /// Replace NaN and infinite scores before choosing.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub remove_invalid_values: Option<bool>,
+    /// Log-softmax the processed scores (after every processor).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub renormalize_logits: Option<bool>,
+    /// EOS token id(s), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub eos_token_id: Option<Vec<u32>>,
+    /// Padding token id (defaults to the first EOS id).
+    #[arg(long)]
+    pub pad_token_id: Option<u32>,
+    /// BOS token id.
+    #[arg(long)]
+    pub bos_token_id: Option<u32>,
+}
+
+impl GenerationOptions {
+    /// The options given, as generation_config.json-style overrides.
+    pub fn overrides(&self) -> anyhow::Result<Map<String, Value>> {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Value| {
+            m.insert(k.to_string(), v);
+        };
+        macro_rules! opt {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &self.$field {
+                    put(stringify!($field), json!(v));
+                }
+            )*};
+        }
+        opt!(seed, max_length, max_new_tokens, min_length, min_new_tokens, max_time, do_sample, num_beams);
+        opt!(num_beam_groups, diversity_penalty, length_penalty, num_return_sequences, temperature, top_k, top_p);
+        opt!(min_p, typical_p, epsilon_cutoff, eta_cutoff, repetition_penalty, no_repeat_ngram_size);
+        opt!(suppress_tokens, begin_suppress_tokens, forced_bos_token_id, forced_eos_token_id);
+        opt!(remove_invalid_values, renormalize_logits, eos_token_id, pad_token_id, bos_token_id);
+        if !self.stop_strings.is_empty() {
+            put("stop_strings", json!(self.stop_strings));
+        }
+        if let Some(e) = &self.early_stopping {
+            put("early_stopping", if e == "never" { json!("never") } else { json!(e == "true") });
+        }
+        for (name, text) in [("bad_words_ids", &self.bad_words_ids), ("sequence_bias", &self.sequence_bias)] {
+            if let Some(text) = text {
+                let v: Value = serde_json::from_str(text)
+                    .with_context(|| format!("--{}: not valid JSON", name.replace('_', "-")))?;
+                put(name, v);
+            }
+        }
+        if let Some(text) = &self.exponential_decay_length_penalty {
+            let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+            let (Some(start), Some(factor), 2) = (
+                parts.first().and_then(|s| s.parse::<usize>().ok()),
+                parts.get(1).and_then(|s| s.parse::<f32>().ok()),
+                parts.len(),
+            ) else {
+                bail!("--exponential-decay-length-penalty: expected START,FACTOR (e.g. 10,1.05), got {text:?}");
+            };
+            put("exponential_decay_length_penalty", json!([start, factor]));
+        }
+        Ok(m)
+    }
+}
+
+fn read_prompts(args: &GenerateArgs) -> anyhow::Result<Vec<String>> {
+    let mut prompts = args.prompts.clone();
+    if let Some(path) = &args.prompts_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the prompts file", path.display()))?;
+        prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+    }
+    if prompts.is_empty() {
+        bail!("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE");
+    }
+    Ok(prompts)
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    // Everything the command line decides is checked before the model loads.
+    let prompts = read_prompts(&args)?;
+    let overrides = args.options.overrides()?;
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    let choice = match args.backend {
+        Backend::Auto => BackendChoice::Auto,
+        Backend::Ort => BackendChoice::Ort,
+        Backend::Tract => BackendChoice::Tract,
+    };
+    let options =
+        RunnerOptions { threads: args.threads, execution_providers: args.ep.clone(), ep_strict: args.ep_strict };
+    let started = Instant::now();
+    let model = ExportedModel::open(&args.model)?;
+    let tokenizer = model.tokenizer()?;
+    let config = GenerationConfig::from_json(&model.generation_json, &overrides)?;
+    let ids =
+        prompts.iter().map(|p| tokenizer.encode(p).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
+    gpt2c_runtime::generate::check(limits, &ids, &config, Some(&tokenizer))?;
+    let mut generator = TextGenerator::from_parts(model, tokenizer, choice, &options)?;
+    let loaded = started.elapsed();
+    let note = |msg: &str| {
+        if !args.quiet {
+            eprintln!("note: {msg}");
+        }
+    };
+    for n in &generator.notices {
+        note(n);
+    }
+
+    let mode = config.mode();
+    let rows =
+        prompts.len() * if matches!(mode, Mode::Greedy | Mode::Sample) { config.num_return_sequences } else { 1 };
+    let stream = !args.json && rows == 1 && matches!(mode, Mode::Greedy | Mode::Sample);
+    let mut stdout = std::io::stdout().lock();
+    if stream {
+        write!(stdout, "{}", prompts[0])?;
+        stdout.flush()?;
+    }
+    let mut write_error = None;
+    let t0 = Instant::now();
+    let out = generator.generate_ids(&ids, &config, &mut |_, piece| {
+        if stream && write_error.is_none() {
+            if let Err(e) = write!(stdout, "{piece}").and_then(|_| stdout.flush()) {
+                write_error = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    for n in &out.output.notices {
+        note(n);
+    }
+    let new_tokens: usize = out.output.results.iter().map(|r| r.tokens.len()).sum();
+
+    if args.json {
+        let sequences: Vec<Value> = out
+            .output
+            .results
+            .iter()
+            .zip(out.texts.iter().zip(&out.continuations))
+            .map(|(r, (text, continuation))| {
+                json!({
+                    "prompt": r.prompt,
+                    "text": text,
+                    "continuation": continuation,
+                    "token_ids": r.tokens,
+                    "finish_reason": r.finish_reason,
+                    "score": r.score,
+                    "token_logprobs": r.token_logprobs,
+                })
+            })
+            .collect();
+        let doc = json!({
+            "backend": generator.description,
+            "mode": format!("{mode:?}"),
+            "seed": out.output.seed,
+            "sequences": sequences,
+            "notices": generator.notices.iter().chain(&out.output.notices).collect::<Vec<_>>(),
+            "load_seconds": loaded.as_secs_f64(),
+            "generate_seconds": seconds,
+            "new_tokens": new_tokens,
+        });
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else if stream {
+        writeln!(stdout)?;
+    } else {
+        let per_prompt = out.output.results.iter().filter(|r| r.prompt == 0).count().max(1);
+        for (i, (r, text)) in out.output.results.iter().zip(&out.texts).enumerate() {
+            let label = match (prompts.len(), per_prompt) {
+                (1, 1) => String::new(),
+                (_, 1) => format!("[prompt {}]\n", r.prompt),
+                _ => format!("[prompt {}, sequence {}]\n", r.prompt, i % per_prompt),
+            };
+            writeln!(stdout, "{label}{text}")?;
+        }
+    }
+    if !args.quiet && !args.json {
+        eprintln!(
+            "note: {new_tokens} new tokens in {seconds:.2} s ({:.1} tokens/s) on {}",
+            new_tokens as f64 / seconds.max(1e-9),
+            generator.description
+        );
+    }
+    Ok(())
+}
