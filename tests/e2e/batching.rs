@@ -26,7 +26,8 @@ fn batched_prompts_match_single_prompts() {
             let mut session = model.session(kind, &RunnerOptions::default()).unwrap();
             let batched = generate(session.as_mut(), limits, &prompts, &config, None, &mut |_, _| {}).unwrap();
             for (i, p) in prompts.iter().enumerate() {
-                let alone = generate(session.as_mut(), limits, &[p.clone()], &config, None, &mut |_, _| {}).unwrap();
+                let alone =
+                    generate(session.as_mut(), limits, std::slice::from_ref(p), &config, None, &mut |_, _| {}).unwrap();
                 let from_batch: Vec<&Vec<u32>> =
                     batched.results.iter().filter(|r| r.prompt == i).map(|r| &r.tokens).collect();
                 let single: Vec<&Vec<u32>> = alone.results.iter().map(|r| &r.tokens).collect();

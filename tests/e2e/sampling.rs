@@ -91,7 +91,7 @@ fn top_p_never_leaves_the_nucleus() {
         // The nucleus: tokens by decreasing probability until the mass reaches p (ties at the edge kept).
         let q = probs(l);
         let mass_strictly_above: f64 = q.iter().filter(|&&x| x > q[t as usize]).sum();
-        mass_strictly_above < p as f64 + 1e-6
+        mass_strictly_above < p + 1e-6
     });
 }
 
