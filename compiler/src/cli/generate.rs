@@ -296,9 +296,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let out = generator.generate_ids(&ids, &config, &mut |_, piece| {
         if stream && write_error.is_none() {
-            if let Err(e) = write!(stdout, "{piece}").and_then(|_| stdout.flush()) {
-                write_error = Some(e);
-            }
+            write_error = write!(stdout, "{piece}").and_then(|_| stdout.flush()).err();
         }
     })?;
     if let Some(e) = write_error {

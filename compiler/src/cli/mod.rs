@@ -21,12 +21,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Export(export::ExportArgs),
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Export(args) => export::run(args),
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(*args),
     }
 }
