@@ -1,5 +1,6 @@
 //! Command-line arguments (clap derive; doc comments are the help text) and dispatch.
 
+mod bench;
 mod export;
 mod generate;
 
@@ -22,11 +23,13 @@ pub struct Cli {
 pub enum Command {
     Export(export::ExportArgs),
     Generate(Box<generate::GenerateArgs>),
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Export(args) => export::run(args),
         Command::Generate(args) => generate::run(*args),
+        Command::Bench(args) => bench::run(args),
     }
 }

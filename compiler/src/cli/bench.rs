@@ -1,0 +1,194 @@
+//! `gpt2c bench`: prefill and decode speed of an export folder.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use gpt2c_runtime::generate::{GenerationConfig, generate};
+use gpt2c_runtime::{BackendKind, ExportedModel, ModelLimits, RunnerOptions};
+use serde_json::json;
+
+use super::generate::Backend;
+
+/// Measure prefill time and decode speed of an export folder.
+///
+/// Runs greedy decoding (or beam search with --num-beams) over a fixed prompt for a fixed number
+/// of new tokens (EOS cannot end it early), --repeat times after --warmup runs, and reports the
+/// median run: prefill ms (prompt forward to the first new token), decode tokens/s per sequence
+/// and for the whole batch, per-token latency percentiles and the process's peak memory.
+/// Prefill and decode are timed through the full generation driver, as a user sees them.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Export folder written by `gpt2c export`.
+    pub model: PathBuf,
+    /// `ort`, `tract` or `auto` (ONNX Runtime when found, else tract).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    /// Threads per operator.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Beams per prompt (1 = greedy).
+    #[arg(long, default_value_t = 1)]
+    pub num_beams: usize,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Measured runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Unmeasured runs first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// A JSON array of prompt token ids to use instead of the built-in pseudo-random prompt.
+    #[arg(long)]
+    pub prompt_ids: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A deterministic pseudo-random prompt (an LCG; the content does not matter for speed).
+fn builtin_prompt(len: usize, vocab: usize) -> Vec<u32> {
+    let mut x: u64 = 1234;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % (vocab as u64 - 1)) as u32
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Run {
+    prefill_ms: f64,
+    decode_seconds: f64,
+    latencies_ms: Vec<f64>,
+    first_tokens: Vec<u32>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.num_beams == 0 || args.repeat == 0 || args.new_tokens < 2 || args.prompt_tokens == 0 {
+        bail!("--batch, --num-beams, --repeat and --prompt-tokens must be at least 1, --new-tokens at least 2");
+    }
+    let model = ExportedModel::open(&args.model)?;
+    let vocab = model.config.vocab_size;
+    let prompt = match &args.prompt_ids {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            serde_json::from_str::<Vec<u32>>(&text)
+                .with_context(|| format!("{}: expected a JSON array of token ids", path.display()))?
+        }
+        None => builtin_prompt(args.prompt_tokens, vocab),
+    };
+    let prompts = vec![prompt.clone(); args.batch];
+    let overrides = json!({
+        "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "num_beams": args.num_beams,
+        "do_sample": false, "early_stopping": true,
+    });
+    let config =
+        GenerationConfig::from_json(&model.generation_json, overrides.as_object().unwrap_or(&Default::default()))?;
+    let limits = ModelLimits { vocab_size: vocab, n_positions: model.config.n_positions };
+    gpt2c_runtime::generate::check(limits, &prompts, &config, None)?;
+
+    let backend = match args.backend {
+        Backend::Ort => BackendKind::Ort,
+        Backend::Tract => BackendKind::Tract,
+        Backend::Auto => match gpt2c_runtime::backend::ort::library_path() {
+            Ok(_) => BackendKind::Ort,
+            Err(_) => BackendKind::Tract,
+        },
+    };
+    let options = RunnerOptions { threads: Some(args.threads), ..Default::default() };
+    let t_load = Instant::now();
+    let loaded = model.session_with_report(backend, &options)?;
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
+    let mut session = loaded.session;
+
+    let mut runs = Vec::new();
+    for i in 0..args.warmup + args.repeat {
+        let mut stamps: Vec<Instant> = Vec::new();
+        let start = Instant::now();
+        let out = generate(session.as_mut(), limits, &prompts, &config, None, &mut |row, _| {
+            if row == 0 {
+                stamps.push(Instant::now());
+            }
+        })?;
+        let end = Instant::now();
+        let first = stamps.first().copied().unwrap_or(end);
+        let mut latencies: Vec<f64> = stamps.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3).collect();
+        latencies.sort_by(f64::total_cmp);
+        // Beam search reports no per-token events: its prefill is then the first forward's share.
+        let (prefill, decode) = if stamps.is_empty() {
+            let total = (end - start).as_secs_f64();
+            (total / args.new_tokens as f64, total * (1.0 - 1.0 / args.new_tokens as f64))
+        } else {
+            ((first - start).as_secs_f64(), (end - first).as_secs_f64())
+        };
+        if i >= args.warmup {
+            let first_tokens =
+                out.results.first().map(|r| r.tokens.iter().take(16).copied().collect()).unwrap_or_default();
+            runs.push(Run { prefill_ms: prefill * 1e3, decode_seconds: decode, latencies_ms: latencies, first_tokens });
+        }
+    }
+    runs.sort_by(|a, b| a.decode_seconds.total_cmp(&b.decode_seconds));
+    let median = &runs[runs.len() / 2];
+    let mut prefills: Vec<f64> = runs.iter().map(|r| r.prefill_ms).collect();
+    prefills.sort_by(f64::total_cmp);
+    let steps = (args.new_tokens - 1) as f64;
+    let per_sequence = steps / median.decode_seconds;
+    let report = json!({
+        "backend": loaded.description,
+        "threads": args.threads,
+        "batch": args.batch,
+        "num_beams": args.num_beams,
+        "prompt_tokens": prompt.len(),
+        "new_tokens": args.new_tokens,
+        "load_ms": (load_ms * 10.0).round() / 10.0,
+        "prefill_ms": (percentile(&prefills, 0.5) * 10.0).round() / 10.0,
+        "decode_tok_s": (per_sequence * 100.0).round() / 100.0,
+        "decode_tok_s_batch": (per_sequence * args.batch as f64 * 100.0).round() / 100.0,
+        "token_ms_p50": percentile(&median.latencies_ms, 0.5),
+        "token_ms_p90": percentile(&median.latencies_ms, 0.9),
+        "token_ms_p99": percentile(&median.latencies_ms, 0.99),
+        "peak_rss_mib": peak_rss_mib().map(|m| m.round()),
+        "tokens": median.first_tokens,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{}: prefill {:.1} ms, decode {:.2} tokens/s per sequence ({:.2} for the batch of {}), token p50 {:.2} ms p90 {:.2} ms, peak {} MiB",
+            report["backend"].as_str().unwrap_or(""),
+            report["prefill_ms"].as_f64().unwrap_or(f64::NAN),
+            per_sequence,
+            per_sequence * args.batch as f64,
+            args.batch,
+            report["token_ms_p50"].as_f64().unwrap_or(f64::NAN),
+            report["token_ms_p90"].as_f64().unwrap_or(f64::NAN),
+            report["peak_rss_mib"],
+        );
+    }
+    Ok(())
+}
