@@ -112,7 +112,10 @@ pub fn export(
     let meta = ModelMeta {
         doc_string: "GPT-2 causal language model with past key/values (text-generation-with-past), compiled by gpt2c"
             .into(),
-        metadata: vec![("gpt2c.task".into(), "text-generation-with-past".into())],
+        metadata: vec![
+            ("gpt2c.task".into(), "text-generation-with-past".into()),
+            ("gpt2c.precision".into(), options.graph.precision.describe()),
+        ],
     };
 
     let parent = match out_dir.parent() {

@@ -10,5 +10,6 @@ pub mod export;
 pub mod gpt2;
 pub mod ir;
 pub mod onnx;
+pub mod quant;
 
 pub use export::{ExportError, ExportOptions, ExportSummary, Progress, export};

@@ -9,12 +9,13 @@
 pub mod backend;
 pub mod generate;
 pub mod model;
+pub mod perplexity;
 pub mod session;
 pub mod tensor;
 pub mod text;
 pub mod tokenizer;
 
-pub use backend::{BackendKind, GraphRunner, RunnerOptions, RuntimeError, load_runner};
+pub use backend::{BackendKind, GraphOptimization, GraphRunner, RunnerOptions, RuntimeError, load_runner};
 pub use generate::{GenerateError, GenerationConfig, GenerationOutput, ModelLimits, generate};
 pub use model::{ExportedModel, ModelError};
 pub use session::{DecoderSession, KvSession};

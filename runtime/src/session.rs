@@ -8,7 +8,7 @@
 
 use crate::backend::{GraphRunner, RuntimeError};
 use crate::model::ModelConfig;
-use crate::tensor::{HostData, HostTensor};
+use crate::tensor::{ElemType, HostTensor};
 
 /// One forward step's inputs for `rows` rows of `seq` new tokens each.
 pub struct StepInput<'a> {
@@ -36,10 +36,28 @@ impl Logits {
     }
 }
 
+/// Logits for every position of every row: `rows × positions × vocab`.
+#[derive(Clone, Debug)]
+pub struct AllLogits {
+    pub rows: usize,
+    pub positions: usize,
+    pub vocab: usize,
+    pub data: Vec<f32>,
+}
+
+impl AllLogits {
+    pub fn at(&self, row: usize, position: usize) -> &[f32] {
+        let start = (row * self.positions + position) * self.vocab;
+        &self.data[start..start + self.vocab]
+    }
+}
+
 /// A graph with its own key/value cache.
 pub trait DecoderSession {
     /// Runs new tokens for every row and appends them to the cache; returns last-position logits.
     fn forward(&mut self, step: &StepInput<'_>) -> Result<Logits, RuntimeError>;
+    /// As `forward`, returning the logits of every new position (scoring, perplexity).
+    fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError>;
     /// Rebuilds the cache from existing rows: new row `i` is old row `rows[i]` (rows may repeat).
     fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError>;
     /// Cached positions per row.
@@ -58,16 +76,20 @@ pub struct KvSession {
     names: Vec<(String, String)>,
     /// Per layer (key, value), each `[rows, n_head, past, head_dim]`; empty before the first step.
     cache: Vec<(HostTensor, HostTensor)>,
+    /// Element type of the cache (the graph's past inputs).
+    cache_type: ElemType,
     rows: usize,
     past: usize,
 }
 
 impl KvSession {
     pub fn new(runner: Box<dyn GraphRunner>, config: &ModelConfig) -> KvSession {
-        let names = (0..config.n_layer)
+        let names: Vec<(String, String)> = (0..config.n_layer)
             .map(|i| (format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")))
             .collect();
+        let cache_type = names.first().and_then(|(k, _)| runner.input_type(k)).unwrap_or(ElemType::F32);
         KvSession {
+            cache_type,
             runner,
             n_layer: config.n_layer,
             n_head: config.n_head,
@@ -80,34 +102,12 @@ impl KvSession {
     }
 
     fn empty_cache(&self, rows: usize) -> Vec<(HostTensor, HostTensor)> {
-        let empty = HostTensor { shape: vec![rows, self.n_head, 0, self.head_dim], data: HostData::F32(Vec::new()) };
+        let empty = HostTensor::empty(vec![rows, self.n_head, 0, self.head_dim], self.cache_type);
         (0..self.n_layer).map(|_| (empty.clone(), empty.clone())).collect()
     }
-}
 
-fn input_error(name: &str, message: String) -> RuntimeError {
-    RuntimeError::Input { name: name.into(), message }
-}
-
-/// Gathers rows of a `[rows, ...]` tensor.
-fn gather_rows(t: &HostTensor, rows: &[usize]) -> Result<HostTensor, RuntimeError> {
-    let data = t.as_f32().ok_or_else(|| input_error("cache", "expected float cache".into()))?;
-    let old_rows = t.shape.first().copied().unwrap_or(0);
-    let per_row = data.len().checked_div(old_rows).unwrap_or(0);
-    let mut out = Vec::with_capacity(per_row * rows.len());
-    for &r in rows {
-        if r >= old_rows {
-            return Err(input_error("cache", format!("row {r} out of range ({old_rows} rows)")));
-        }
-        out.extend_from_slice(&data[r * per_row..(r + 1) * per_row]);
-    }
-    let mut shape = t.shape.clone();
-    shape[0] = rows.len();
-    Ok(HostTensor { shape, data: HostData::F32(out) })
-}
-
-impl DecoderSession for KvSession {
-    fn forward(&mut self, step: &StepInput<'_>) -> Result<Logits, RuntimeError> {
+    /// Runs a step; returns the raw logits `[rows, seq, vocab]` as f32.
+    fn run_step(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
         let (rows, seq) = (step.rows, step.seq);
         if self.cache.is_empty() {
             self.cache = self.empty_cache(rows);
@@ -151,27 +151,44 @@ impl DecoderSession for KvSession {
         }
         let logits = logits.ok_or_else(|| input_error("logits", "the model has no `logits` output".into()))?;
         let vocab = *logits.shape.last().unwrap_or(&0);
-        let data = logits.as_f32().ok_or_else(|| input_error("logits", "expected float logits".into()))?;
         if logits.shape != [rows, seq, vocab] {
             return Err(input_error("logits", format!("shape {:?}, expected [{rows}, {seq}, vocab]", logits.shape)));
         }
-        let mut last = Vec::with_capacity(rows * vocab);
-        for r in 0..rows {
-            let start = (r * seq + seq - 1) * vocab;
-            last.extend_from_slice(&data[start..start + vocab]);
-        }
+        let data = logits.to_f32().ok_or_else(|| input_error("logits", "expected float logits".into()))?.into_owned();
         let mut cache = Vec::with_capacity(self.n_layer);
         for layer in 0..self.n_layer {
-            let k = presents[2 * layer].take();
-            let v = presents[2 * layer + 1].take();
-            match (k, v) {
+            match (presents[2 * layer].take(), presents[2 * layer + 1].take()) {
                 (Some(k), Some(v)) => cache.push((k, v)),
                 _ => return Err(input_error("present", format!("layer {layer}'s present key/value missing"))),
             }
         }
         self.cache = cache;
         self.past = total;
-        Ok(Logits { rows, vocab, data: last })
+        Ok(AllLogits { rows, positions: seq, vocab, data })
+    }
+}
+
+fn input_error(name: &str, message: String) -> RuntimeError {
+    RuntimeError::Input { name: name.into(), message }
+}
+
+/// Gathers rows of a `[rows, ...]` cache tensor.
+fn gather_rows(t: &HostTensor, rows: &[usize]) -> Result<HostTensor, RuntimeError> {
+    t.gather_rows(rows).ok_or_else(|| input_error("cache", format!("a row in {rows:?} is out of range")))
+}
+
+impl DecoderSession for KvSession {
+    fn forward(&mut self, step: &StepInput<'_>) -> Result<Logits, RuntimeError> {
+        let all = self.run_step(step)?;
+        let mut last = Vec::with_capacity(all.rows * all.vocab);
+        for r in 0..all.rows {
+            last.extend_from_slice(all.at(r, all.positions - 1));
+        }
+        Ok(Logits { rows: all.rows, vocab: all.vocab, data: last })
+    }
+
+    fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
+        self.run_step(step)
     }
 
     fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError> {

@@ -4,7 +4,16 @@
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostData {
     F32(Vec<f32>),
+    F16(Vec<half::f16>),
     I64(Vec<i64>),
+}
+
+/// Element types the runtime exchanges with a graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemType {
+    F32,
+    F16,
+    I64,
 }
 
 /// A dense row-major tensor in host memory.
@@ -25,23 +34,78 @@ impl HostTensor {
         (shape.iter().product::<usize>() == data.len()).then_some(HostTensor { shape, data: HostData::I64(data) })
     }
 
+    /// An empty tensor (a zero-length axis) of the given element type.
+    pub fn empty(shape: Vec<usize>, elem: ElemType) -> HostTensor {
+        let data = match elem {
+            ElemType::F32 => HostData::F32(Vec::new()),
+            ElemType::F16 => HostData::F16(Vec::new()),
+            ElemType::I64 => HostData::I64(Vec::new()),
+        };
+        HostTensor { shape, data }
+    }
+
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             HostData::F32(v) => Some(v),
-            HostData::I64(_) => None,
+            _ => None,
         }
     }
 
     pub fn as_i64(&self) -> Option<&[i64]> {
         match &self.data {
             HostData::I64(v) => Some(v),
-            HostData::F32(_) => None,
+            _ => None,
         }
+    }
+
+    /// Float data as f32, converting fp16.
+    pub fn to_f32(&self) -> Option<std::borrow::Cow<'_, [f32]>> {
+        match &self.data {
+            HostData::F32(v) => Some(std::borrow::Cow::Borrowed(v)),
+            HostData::F16(v) => Some(std::borrow::Cow::Owned(v.iter().map(|x| x.to_f32()).collect())),
+            HostData::I64(_) => None,
+        }
+    }
+
+    pub fn elem(&self) -> ElemType {
+        match self.data {
+            HostData::F32(_) => ElemType::F32,
+            HostData::F16(_) => ElemType::F16,
+            HostData::I64(_) => ElemType::I64,
+        }
+    }
+
+    /// Elements per index of the first axis.
+    pub fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+
+    /// The rows of the first axis in the given order (rows may repeat); `None` for an index out of range.
+    pub fn gather_rows(&self, rows: &[usize]) -> Option<HostTensor> {
+        let n = self.shape.first().copied().unwrap_or(0);
+        if rows.iter().any(|&r| r >= n) {
+            return None;
+        }
+        let per = self.row_len();
+        fn pick<T: Clone>(v: &[T], rows: &[usize], per: usize) -> Vec<T> {
+            rows.iter().flat_map(|&r| v[r * per..(r + 1) * per].iter().cloned()).collect()
+        }
+        let data = match &self.data {
+            HostData::F32(v) => HostData::F32(pick(v, rows, per)),
+            HostData::F16(v) => HostData::F16(pick(v, rows, per)),
+            HostData::I64(v) => HostData::I64(pick(v, rows, per)),
+        };
+        let mut shape = self.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = rows.len();
+        }
+        Some(HostTensor { shape, data })
     }
 
     pub fn dtype_name(&self) -> &'static str {
         match self.data {
             HostData::F32(_) => "float",
+            HostData::F16(_) => "float16",
             HostData::I64(_) => "int64",
         }
     }

@@ -99,6 +99,11 @@ impl TextGenerator {
         Ok(GenerationConfig::from_json(&self.model.generation_json, overrides)?)
     }
 
+    /// The decoding session (for scoring, benchmarks).
+    pub fn session_mut(&mut self) -> &mut dyn DecoderSession {
+        self.session.as_mut()
+    }
+
     pub fn limits(&self) -> ModelLimits {
         ModelLimits { vocab_size: self.model.config.vocab_size, n_positions: self.model.config.n_positions }
     }

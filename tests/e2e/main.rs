@@ -9,5 +9,6 @@ mod external_data;
 mod generation;
 mod onnx_checker;
 mod parity;
+mod precision;
 mod sampling;
 mod streaming;

@@ -41,7 +41,7 @@ fn external_data_and_every_opset_pass_the_full_check() {
     let (_tmp, out) = export_fixture("tiny-default", &options);
     check(&python, &out.join("model.onnx"));
     for opset in [14, 16, 17, 21, 23] {
-        let options = ExportOptions { graph: GraphOptions { opset }, ..Default::default() };
+        let options = ExportOptions { graph: GraphOptions { opset, ..Default::default() }, ..Default::default() };
         let (_tmp, out) = export_fixture("tiny-scaled-attn", &options);
         check(&python, &out.join("model.onnx"));
     }

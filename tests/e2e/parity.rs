@@ -130,7 +130,7 @@ fn every_opset_matches_transformers() {
     let shape = shape_of("tiny-default");
     let reference = Reference::load(&fixture("tiny-default").join("reference.safetensors"));
     for opset in [14, 16, 17, 18, 21, 23] {
-        let options = ExportOptions { graph: GraphOptions { opset }, ..Default::default() };
+        let options = ExportOptions { graph: GraphOptions { opset, ..Default::default() }, ..Default::default() };
         let (_tmp, out) = export_fixture("tiny-default", &options);
         for kind in backends() {
             let mut run = runner(kind, &out);

@@ -5,7 +5,7 @@
 
 use gpt2c_compiler::ExportOptions;
 use gpt2c_runtime::generate::GenerationConfig;
-use gpt2c_runtime::session::{DecoderSession, Logits, StepInput};
+use gpt2c_runtime::session::{AllLogits, DecoderSession, Logits, StepInput};
 use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions, RuntimeError, generate};
 use gpt2c_tests::{backends, export_fixture};
 use serde_json::{Map, Value, json};
@@ -21,6 +21,9 @@ impl DecoderSession for Recorder {
         let l = self.inner.forward(step)?;
         self.steps.push(l.clone());
         Ok(l)
+    }
+    fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
+        self.inner.forward_all(step)
     }
     fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError> {
         self.inner.select_rows(rows)

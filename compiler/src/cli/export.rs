@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use gpt2c_compiler::gpt2::{DEFAULT_OPSET, GraphOptions, OPSETS};
+use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, OPSETS, Part, Precision, Quantize, Target};
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_compiler::{ExportOptions, Progress, export};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,10 +29,37 @@ pub struct ExportArgs {
     #[arg(short, long)]
     pub output: PathBuf,
 
-    /// ONNX opset of the default domain (14 to 23). Before 17, LayerNormalization is written as
-    /// its primitive ops.
-    #[arg(long, default_value_t = DEFAULT_OPSET)]
-    pub opset: i64,
+    /// ONNX opset of the default domain (14 to 23; default 18, or 21 when int4 needs blocked
+    /// DequantizeLinear). Before 17, LayerNormalization is written as its primitive ops.
+    #[arg(long)]
+    pub opset: Option<i64>,
+
+    /// Float type of weights and matmuls. fp16 keeps LayerNorm, the attention mask and softmax and
+    /// the residual stream in fp32, so GPT-2's large mask constant and activations cannot overflow.
+    #[arg(long, value_enum, default_value_t = FloatType::Fp32)]
+    pub dtype: FloatType,
+
+    /// Float type of the graph's inputs and outputs (past/present key-values, logits); fp16 needs
+    /// --dtype fp16.
+    #[arg(long, value_enum, default_value_t = FloatType::Fp32)]
+    pub io_dtype: FloatType,
+
+    /// Weight quantization. int8: int8 weights per output channel, activations quantized at run
+    /// time (DynamicQuantizeLinear → MatMulInteger; ONNX Runtime's fast integer kernels). int8-weights:
+    /// int8 weights dequantized before a float MatMul (for runtimes without integer matmul). int4:
+    /// 4-bit blocks of 32 (MatMulNBits with --target ort, blocked DequantizeLinear otherwise). The
+    /// token embedding is stored as int8 rows and, tied, serves the LM head too.
+    #[arg(long, value_enum, default_value_t = Quantize::None)]
+    pub quantize: Quantize,
+
+    /// Parts left unquantized, comma-separated: attn, mlp, lm_head, embedding.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(Part))]
+    pub quantize_skip: Vec<Part>,
+
+    /// Runtime the graph is shaped for: `portable` (standard ONNX operators, runs everywhere,
+    /// tract included) or `ort` (may use ONNX Runtime's com.microsoft operators).
+    #[arg(long, value_enum, default_value_t = Target::Portable)]
+    pub target: Target,
 
     /// Where the weights go: `auto` writes one model.onnx_data file beside model.onnx only when
     /// the model would pass protobuf's 2 GiB limit; `always` and `never` force the choice.
@@ -51,16 +78,27 @@ pub struct ExportArgs {
 impl ExportArgs {
     /// Validates the arguments into export options before any work starts.
     fn plan(&self) -> anyhow::Result<ExportOptions> {
-        if !OPSETS.contains(&self.opset) {
+        let precision = Precision {
+            dtype: self.dtype,
+            io_dtype: self.io_dtype,
+            quantize: self.quantize,
+            skip: self.quantize_skip.clone(),
+            target: self.target,
+        };
+        precision.validate().map_err(anyhow::Error::msg)?;
+        let opset = self.opset.unwrap_or(DEFAULT_OPSET.max(precision.min_opset()));
+        if !OPSETS.contains(&opset) {
+            anyhow::bail!("--opset {opset}: not supported; choose one from {} to {}", OPSETS.start(), OPSETS.end());
+        }
+        if opset < precision.min_opset() {
             anyhow::bail!(
-                "--opset {}: not supported; choose one from {} to {}",
-                self.opset,
-                OPSETS.start(),
-                OPSETS.end()
+                "--opset {opset}: {} needs opset {} or later; pass --target ort for MatMulNBits",
+                precision.describe(),
+                precision.min_opset()
             );
         }
         Ok(ExportOptions {
-            graph: GraphOptions { opset: self.opset },
+            graph: GraphOptions { opset, precision },
             external_data: self.external_data,
             force: self.force,
         })

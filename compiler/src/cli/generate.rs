@@ -262,8 +262,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Backend::Ort => BackendChoice::Ort,
         Backend::Tract => BackendChoice::Tract,
     };
-    let options =
-        RunnerOptions { threads: args.threads, execution_providers: args.ep.clone(), ep_strict: args.ep_strict };
+    let options = RunnerOptions {
+        threads: args.threads,
+        execution_providers: args.ep.clone(),
+        ep_strict: args.ep_strict,
+        ..Default::default()
+    };
     let started = Instant::now();
     let model = ExportedModel::open(&args.model)?;
     let tokenizer = model.tokenizer()?;

@@ -3,6 +3,7 @@
 mod bench;
 mod export;
 mod generate;
+mod perplexity;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,7 @@ pub enum Command {
     Export(export::ExportArgs),
     Generate(Box<generate::GenerateArgs>),
     Bench(bench::BenchArgs),
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -31,5 +33,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
     }
 }

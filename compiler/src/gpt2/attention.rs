@@ -10,11 +10,13 @@
 //! `scale` is `1/sqrt(D)` when `scale_attn_weights`, further divided by
 //! `layer_idx + 1` when `scale_attn_by_inverse_layer_idx`; applying it to `q`
 //! instead of the scores is the same product, on S×D instead of S×T numbers.
-//! `reorder_and_upcast_attn` only changes the order of fp16 operations; in
-//! fp32 it computes the same values.
+//! `reorder_and_upcast_attn` computes the scaled product in f32 (in fp32
+//! graphs that is what happens anyway). The mask and the softmax always run
+//! in f32; with `--dtype fp16` the matmuls around them run in fp16.
 
-use super::{BuildError, conv1d};
-use crate::checkpoint::{Gpt2Config, Weights};
+use super::BuildError;
+use super::linear::{Ctx, cast_to, conv1d};
+use super::precision::Part;
 use crate::ir::{DType, GraphBuilder, GraphError, ValueId};
 
 /// The additive mask shared by every layer: 0 where a query may attend to a
@@ -51,20 +53,20 @@ pub fn attention_bias(
     b.where_(allowed, open, closed)
 }
 
-/// One layer's self-attention. Returns the block output and the (key, value) cache.
-#[allow(clippy::too_many_arguments)]
-pub fn self_attention(
+/// One layer's self-attention on `x` (compute type). Returns the block output
+/// (compute type) and the (key, value) cache in the type of `past`.
+pub(crate) fn self_attention(
     b: &mut GraphBuilder,
-    w: &Weights,
-    c: &Gpt2Config,
+    ctx: &Ctx<'_>,
     layer: usize,
     scope: &str,
     x: ValueId,
     past: (ValueId, ValueId),
     mask_bias: ValueId,
 ) -> Result<(ValueId, (ValueId, ValueId)), BuildError> {
+    let c = ctx.c;
     let (e, h, d) = (c.n_embd as i64, c.n_head as i64, c.head_dim as i64);
-    let qkv = conv1d(b, w, &format!("{scope}.c_attn"), x, c.n_embd, 3 * c.n_embd)?;
+    let qkv = conv1d(b, ctx, &format!("{scope}.c_attn"), Part::Attn, x, c.n_embd, 3 * c.n_embd)?;
     let parts = b.split(qkv, -1, &[e, e, e])?;
     let [q, k, v] = <[ValueId; 3]>::try_from(parts)
         .map_err(|_| GraphError { at: scope.into(), message: "c_attn split did not give q, k, v".into() })?;
@@ -75,10 +77,14 @@ pub fn self_attention(
     let q = heads(b, q)?;
     let k = heads(b, k)?;
     let v = heads(b, v)?;
-    let key = b.concat(&[past.0, k], 2)?;
-    let value = b.concat(&[past.1, v], 2)?;
+    let dtype = b.ty(q).dtype;
+    let io = b.ty(past.0).dtype;
+    let past_k = cast_to(b, past.0, dtype)?;
+    let past_v = cast_to(b, past.1, dtype)?;
+    let key = b.concat(&[past_k, k], 2)?;
+    let value = b.concat(&[past_v, v], 2)?;
+    let present = (cast_to(b, key, io)?, cast_to(b, value, io)?);
 
-    let dtype = b.ty(x).dtype;
     let mut scale = 1.0f64;
     if c.scale_attn_weights {
         scale /= (c.head_dim as f64).sqrt();
@@ -86,19 +92,26 @@ pub fn self_attention(
     if c.scale_attn_by_inverse_layer_idx {
         scale /= (layer + 1) as f64;
     }
+    // reorder_and_upcast_attn: the scaled product is computed in f32 whatever the compute type.
+    let score_type = if c.reorder_and_upcast_attn { DType::F32 } else { dtype };
+    let q = cast_to(b, q, score_type)?;
+    let key_s = cast_to(b, key, score_type)?;
     let q = if scale != 1.0 {
-        let s = b.scalar_f(dtype, scale as f32)?;
+        let s = b.scalar_f(score_type, scale as f32)?;
         b.mul(q, s)?
     } else {
         q
     };
-    let key_t = b.transpose(key, &[0, 1, 3, 2])?;
+    let key_t = b.transpose(key_s, &[0, 1, 3, 2])?;
     let scores = b.matmul(q, key_t)?;
+    // The mask and softmax run in f32: GPT-2's mask constant overflows fp16.
+    let scores = cast_to(b, scores, DType::F32)?;
     let scores = b.add(scores, mask_bias)?;
     let probs = b.softmax(scores, -1)?;
+    let probs = cast_to(b, probs, dtype)?;
     let context = b.matmul(probs, value)?;
     let context = b.transpose(context, &[0, 2, 1, 3])?;
     let context = b.reshape(context, &[0, 0, e])?;
-    let out = conv1d(b, w, &format!("{scope}.c_proj"), context, c.n_embd, c.n_embd)?;
-    Ok((out, (key, value)))
+    let out = conv1d(b, ctx, &format!("{scope}.c_proj"), Part::Attn, context, c.n_embd, c.n_embd)?;
+    Ok((out, present))
 }

@@ -1,15 +1,18 @@
 //! GPT-2's MLP (`GPT2MLP`): `c_proj(act(c_fc(x)))`, and every activation a GPT-2
 //! config can name, computed as transformers' `ACT2FN` computes it.
 
-use super::{BuildError, conv1d};
-use crate::checkpoint::{Activation, Gpt2Config, Weights};
+use super::BuildError;
+use super::linear::{Ctx, conv1d};
+use super::precision::Part;
+use crate::checkpoint::Activation;
 use crate::ir::{GraphBuilder, GraphError, Op, ValueId};
 
-/// The MLP of one block.
-pub fn mlp(b: &mut GraphBuilder, w: &Weights, c: &Gpt2Config, scope: &str, x: ValueId) -> Result<ValueId, BuildError> {
-    let hidden = conv1d(b, w, &format!("{scope}.c_fc"), x, c.n_embd, c.n_inner)?;
+/// The MLP of one block (in the compute type).
+pub(crate) fn mlp(b: &mut GraphBuilder, ctx: &Ctx<'_>, scope: &str, x: ValueId) -> Result<ValueId, BuildError> {
+    let c = ctx.c;
+    let hidden = conv1d(b, ctx, &format!("{scope}.c_fc"), Part::Mlp, x, c.n_embd, c.n_inner)?;
     let hidden = b.scoped("act", |b| activation(b, c.activation, hidden))?;
-    conv1d(b, w, &format!("{scope}.c_proj"), hidden, c.n_inner, c.n_embd)
+    conv1d(b, ctx, &format!("{scope}.c_proj"), Part::Mlp, hidden, c.n_inner, c.n_embd)
 }
 
 /// Wires `act(x)`.

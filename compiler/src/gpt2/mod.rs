@@ -9,10 +9,16 @@
 
 pub mod attention;
 pub mod contract;
+pub(crate) mod linear;
 pub mod mlp;
+pub mod precision;
+
+pub use linear::single_linear_graph;
+pub use precision::{FloatType, Part, Precision, Quantize, Target};
 
 use crate::checkpoint::{Checkpoint, WeightError, Weights};
 use crate::ir::{DType, Graph, GraphBuilder, GraphError, ValueId};
+use linear::{Ctx, Table, cast_to, in_dtype};
 
 /// Opsets the graph can be emitted in.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 14..=23;
@@ -28,51 +34,78 @@ pub enum BuildError {
     Graph(#[from] GraphError),
     #[error("opset {0} is not supported: choose one in {min}..={max}", min = OPSETS.start(), max = OPSETS.end())]
     Opset(i64),
+    #[error("{0}")]
+    Precision(String),
 }
 
 /// Choices that shape the graph.
 #[derive(Clone, Debug)]
 pub struct GraphOptions {
     pub opset: i64,
+    pub precision: Precision,
 }
 
 impl Default for GraphOptions {
     fn default() -> Self {
-        GraphOptions { opset: DEFAULT_OPSET }
+        GraphOptions { opset: DEFAULT_OPSET, precision: Precision::default() }
     }
 }
 
 /// Builds `GPT2LMHeadModel` with past key/values.
+///
+/// The residual stream, LayerNorms, the attention mask and softmax stay in
+/// f32 in every format; matmuls and their weights use the compute type
+/// (fp16 with `--dtype fp16`) or the chosen quantization.
 pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Graph, BuildError> {
     if !OPSETS.contains(&options.opset) {
         return Err(BuildError::Opset(options.opset));
     }
+    let p = &options.precision;
+    p.validate().map_err(BuildError::Precision)?;
+    if options.opset < p.min_opset() {
+        return Err(BuildError::Precision(format!(
+            "{} needs opset {} or later (blocked DequantizeLinear); pass --opset {} or --target ort",
+            p.describe(),
+            p.min_opset(),
+            p.min_opset()
+        )));
+    }
     let c = &ckpt.config;
     let w = &ckpt.weights;
-    let dtype = DType::F32;
+    let ctx = Ctx { w, c, p };
+    let compute = p.compute();
     let mut b = GraphBuilder::new("gpt2c", options.opset);
-    let io = contract::declare_inputs(&mut b, c, dtype)?;
+    let io = contract::declare_inputs(&mut b, c, p.io())?;
 
-    let (mut h, wte) = b.scoped("embeddings", |b| {
-        let wte = weight(b, w, "wte.weight", &[c.vocab_size, c.n_embd])?;
-        let wpe = weight(b, w, "wpe.weight", &[c.n_positions, c.n_embd])?;
-        let tokens = b.scoped("wte", |b| b.gather(wte, io.input_ids, 0))?;
-        let positions = b.scoped("wpe", |b| b.gather(wpe, io.position_ids, 0))?;
-        Ok::<_, BuildError>((b.add(tokens, positions)?, wte))
+    let mut wte = Table::new("wte", w.body("wte.weight", &[c.vocab_size, c.n_embd])?);
+    let mut h = b.scoped("embeddings", |b| {
+        let tokens = b.scoped("wte", |b| wte.embed(b, &ctx, io.input_ids))?;
+        let wpe = in_dtype(w.body("wpe.weight", &[c.n_positions, c.n_embd])?, compute, "wpe")?;
+        let wpe = b.initializer("wpe.weight", wpe)?;
+        let positions = b.scoped("wpe", |b| {
+            let rows = b.gather(wpe, io.position_ids, 0)?;
+            cast_to(b, rows, DType::F32)
+        })?;
+        Ok::<_, BuildError>(b.add(tokens, positions)?)
     })?;
-    let mask = b.scoped("attention_mask", |b| attention::attention_bias(b, io.input_ids, io.attention_mask, dtype))?;
+    let mask =
+        b.scoped("attention_mask", |b| attention::attention_bias(b, io.input_ids, io.attention_mask, DType::F32))?;
 
     let mut presents = Vec::with_capacity(c.n_layer);
     for i in 0..c.n_layer {
         let (next, present) = b.scoped(&format!("h.{i}"), |b| {
             let prefix = format!("h.{i}");
             let x = layer_norm(b, w, &format!("{prefix}.ln_1"), h, c.n_embd, c.layer_norm_epsilon)?;
+            let x = cast_to(b, x, compute)?;
             let (attn, present) = b.scoped("attn", |b| {
-                attention::self_attention(b, w, c, i, &format!("{prefix}.attn"), x, io.past[i], mask)
+                attention::self_attention(b, &ctx, i, &format!("{prefix}.attn"), x, io.past[i], mask)
             })?;
+            let attn = cast_to(b, attn, DType::F32)?;
             let h = b.add(h, attn)?;
             let x = layer_norm(b, w, &format!("{prefix}.ln_2"), h, c.n_embd, c.layer_norm_epsilon)?;
-            let mlp = b.scoped("mlp", |b| mlp::mlp(b, w, c, &format!("{prefix}.mlp"), x))?;
+            let x = cast_to(b, x, compute)?;
+            let mlp = b.scoped("mlp", |b| mlp::mlp(b, &ctx, &format!("{prefix}.mlp"), x))?;
+            let mlp = cast_to(b, mlp, DType::F32)?;
             Ok::<_, BuildError>((b.add(h, mlp)?, present))
         })?;
         h = next;
@@ -80,17 +113,16 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     }
     let h = layer_norm(&mut b, w, "ln_f", h, c.n_embd, c.layer_norm_epsilon)?;
     let logits = b.scoped("lm_head", |b| {
-        // Tied (the default): the graph holds wte once and reads it transposed.
-        let head = if c.tie_word_embeddings {
-            wte
+        let h = cast_to(b, h, compute)?;
+        // Tied (the default): the head reads wte, stored once.
+        let logits = if c.tie_word_embeddings {
+            wte.head(b, &ctx, h)?
         } else {
-            let t = w.get("lm_head.weight", &[c.vocab_size, c.n_embd])?;
-            b.initializer("lm_head.weight", t)?
+            Table::new("lm_head", w.get("lm_head.weight", &[c.vocab_size, c.n_embd])?).head(b, &ctx, h)?
         };
-        let head_t = b.transpose(head, &[1, 0])?;
-        Ok::<_, BuildError>(b.matmul(h, head_t)?)
+        Ok::<_, BuildError>(cast_to(b, logits, p.io())?)
     })?;
-    contract::declare_outputs(&mut b, c, dtype, logits, &presents)?;
+    contract::declare_outputs(&mut b, c, p.io(), logits, &presents)?;
     Ok(b.finish())
 }
 
@@ -100,7 +132,7 @@ pub(crate) fn weight(b: &mut GraphBuilder, w: &Weights, name: &str, shape: &[usi
     Ok(b.initializer(name, t)?)
 }
 
-/// `LayerNorm` with the checkpoint's `{scope}.weight` / `{scope}.bias`.
+/// `LayerNorm` with the checkpoint's `{scope}.weight` / `{scope}.bias`, in f32.
 pub(crate) fn layer_norm(
     b: &mut GraphBuilder,
     w: &Weights,
@@ -114,23 +146,5 @@ pub(crate) fn layer_norm(
         let g = weight(b, w, &format!("{scope}.weight"), &[width])?;
         let beta = weight(b, w, &format!("{scope}.bias"), &[width])?;
         Ok(b.layer_norm(x, g, beta, eps)?)
-    })
-}
-
-/// GPT-2's `Conv1D`: `x @ W + b` with `W` stored as [in, out].
-pub(crate) fn conv1d(
-    b: &mut GraphBuilder,
-    w: &Weights,
-    scope: &str,
-    x: ValueId,
-    n_in: usize,
-    n_out: usize,
-) -> Result<ValueId, BuildError> {
-    let name = scope.rsplit('.').next().unwrap_or(scope);
-    b.scoped(name, |b| {
-        let weight_v = weight(b, w, &format!("{scope}.weight"), &[n_in, n_out])?;
-        let bias = weight(b, w, &format!("{scope}.bias"), &[n_out])?;
-        let y = b.matmul(x, weight_v)?;
-        Ok(b.add(y, bias)?)
     })
 }

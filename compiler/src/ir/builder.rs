@@ -181,7 +181,7 @@ impl GraphBuilder {
     /// Wires `op` over `inputs`, returning its outputs.
     pub fn node(&mut self, op: Op, inputs: &[ValueId]) -> Result<Vec<ValueId>> {
         let name = self.node_name(op.op_type());
-        let opset = self.graph.opset;
+        let opset = if op.domain().is_empty() { self.graph.opset } else { 1 };
         if opset < op.min_opset() || opset > op.max_opset() {
             return Err(self.err(&name, format!("this form of {} is not valid in opset {opset}", op.op_type())));
         }

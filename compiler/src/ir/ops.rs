@@ -82,6 +82,23 @@ pub enum Op {
         axes: Option<Vec<i64>>,
         keepdims: bool,
     },
+    // Quantization.
+    /// x (float) → (uint8 values, float scale, uint8 zero point), computed at run time.
+    DynamicQuantizeLinear,
+    /// Inputs: a, b, a_zero_point, b_zero_point → int32 product.
+    MatMulInteger,
+    /// Inputs: x, scale, (zero point) → scale's float type. `block_size` 0 = per tensor / per axis.
+    DequantizeLinear {
+        axis: i64,
+        block_size: i64,
+    },
+    /// `com.microsoft` 4-bit blocked matmul: inputs A, B (packed uint8 [N, blocks, blob]), scales.
+    MatMulNBits {
+        k: i64,
+        n: i64,
+        bits: i64,
+        block_size: i64,
+    },
 }
 
 /// An attribute value as ONNX encodes it.
@@ -132,6 +149,18 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::LayerNormalization { .. } => "LayerNormalization",
             Op::ReduceMean { .. } => "ReduceMean",
+            Op::DynamicQuantizeLinear => "DynamicQuantizeLinear",
+            Op::MatMulInteger => "MatMulInteger",
+            Op::DequantizeLinear { .. } => "DequantizeLinear",
+            Op::MatMulNBits { .. } => "MatMulNBits",
+        }
+    }
+
+    /// The operator's domain: the default ONNX domain, or `com.microsoft` for ONNX Runtime's contrib ops.
+    pub fn domain(&self) -> &'static str {
+        match self {
+            Op::MatMulNBits { .. } => "com.microsoft",
+            _ => "",
         }
     }
 
@@ -140,6 +169,8 @@ impl Op {
         match self {
             Op::LayerNormalization { .. } => 17,
             Op::ReduceMean { axes: None, .. } => 18,
+            Op::DequantizeLinear { block_size, .. } if *block_size > 0 => 21,
+            Op::MatMulNBits { .. } => 1,
             _ => 14,
         }
     }
@@ -175,6 +206,19 @@ impl Op {
                 attrs.push(("keepdims", AttrValue::Int(*keepdims as i64)));
                 attrs
             }
+            Op::DequantizeLinear { axis, block_size } => {
+                let mut attrs = vec![("axis", AttrValue::Int(*axis))];
+                if *block_size > 0 {
+                    attrs.push(("block_size", AttrValue::Int(*block_size)));
+                }
+                attrs
+            }
+            Op::MatMulNBits { k, n, bits, block_size } => vec![
+                ("K", AttrValue::Int(*k)),
+                ("N", AttrValue::Int(*n)),
+                ("bits", AttrValue::Int(*bits)),
+                ("block_size", AttrValue::Int(*block_size)),
+            ],
             _ => Vec::new(),
         }
     }
@@ -189,6 +233,10 @@ impl Op {
             Op::Concat { .. } => (1, usize::MAX),
             Op::ReduceMean { axes: Some(_), .. } => (1, 1),
             Op::ReduceMean { axes: None, .. } => (2, 2),
+            Op::DynamicQuantizeLinear => (1, 1),
+            Op::MatMulInteger => (4, 4),
+            Op::DequantizeLinear { .. } => (2, 3),
+            Op::MatMulNBits { .. } => (3, 3),
             _ => (1, 1),
         }
     }
@@ -413,6 +461,45 @@ pub fn infer(op: &Op, inputs: &[InferInput<'_>]) -> Result<Inferred, String> {
                 ));
             }
             Ok(vec![(ty(0).clone(), None)])
+        }
+        Op::DynamicQuantizeLinear => {
+            expect_dtype(op, ty(0), DType::F32)?;
+            Ok(vec![
+                (ValueType::new(DType::U8, ty(0).shape.clone()), None),
+                (ValueType::new(DType::F32, vec![]), None),
+                (ValueType::new(DType::U8, vec![]), None),
+            ])
+        }
+        Op::MatMulInteger => {
+            let int8 = |t: &ValueType| matches!(t.dtype, DType::U8 | DType::I8);
+            if !int8(ty(0)) || !int8(ty(1)) {
+                return Err(format!("MatMulInteger takes 8-bit integers, got {} and {}", ty(0), ty(1)));
+            }
+            let (a, b) =
+                (ValueType::new(DType::F32, ty(0).shape.clone()), ValueType::new(DType::F32, ty(1).shape.clone()));
+            let out = infer_matmul(op, &a, &b)?;
+            Ok(out.into_iter().map(|(t, k)| (ValueType::new(DType::I32, t.shape), k)).collect())
+        }
+        Op::DequantizeLinear { .. } => {
+            if !ty(0).dtype.is_int() || !ty(1).dtype.is_float() {
+                return Err(format!(
+                    "DequantizeLinear takes integer values and float scales, got {} and {}",
+                    ty(0),
+                    ty(1)
+                ));
+            }
+            Ok(vec![(ValueType::new(ty(1).dtype, ty(0).shape.clone()), None)])
+        }
+        Op::MatMulNBits { k, n, .. } => {
+            let a = ty(0);
+            if a.shape.last().and_then(Dim::as_fixed) != Some(*k) {
+                return Err(format!("MatMulNBits expects A's last dim {k}, got {a}"));
+            }
+            let mut shape = a.shape.clone();
+            if let Some(last) = shape.last_mut() {
+                *last = Dim::fixed(*n);
+            }
+            Ok(vec![(ValueType::new(a.dtype, shape), None)])
         }
         Op::ReduceMean { axes, keepdims } => {
             let axes: Vec<i64> = match axes {

@@ -88,11 +88,7 @@ impl Tensor {
     /// A tensor from little-endian bytes; the length must match the dims.
     pub fn from_bytes(dtype: DType, dims: Vec<usize>, bytes: Vec<u8>) -> Option<Tensor> {
         let numel: usize = dims.iter().product();
-        (numel.checked_mul(dtype.size()) == Some(bytes.len())).then(|| Tensor {
-            dtype,
-            dims,
-            data: TensorData::Owned(bytes.into()),
-        })
+        (dtype.bytes_for(numel) == bytes.len()).then(|| Tensor { dtype, dims, data: TensorData::Owned(bytes.into()) })
     }
 
     pub fn from_i64(dims: Vec<usize>, values: &[i64]) -> Option<Tensor> {
@@ -105,6 +101,16 @@ impl Tensor {
         Tensor::from_bytes(DType::F32, dims, bytes)
     }
 
+    /// An f16 tensor from f32 values (round to nearest even).
+    pub fn f16_from_f32(dims: Vec<usize>, values: &[f32]) -> Option<Tensor> {
+        let bytes = values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        Tensor::from_bytes(DType::F16, dims, bytes)
+    }
+
+    pub fn from_i8(dims: Vec<usize>, values: &[i8]) -> Option<Tensor> {
+        Tensor::from_bytes(DType::I8, dims, values.iter().map(|&v| v as u8).collect())
+    }
+
     /// Element count.
     pub fn numel(&self) -> usize {
         self.dims.iter().product()
@@ -112,7 +118,7 @@ impl Tensor {
 
     /// Size of the element bytes as written to the model.
     pub fn byte_len(&self) -> usize {
-        self.numel() * self.dtype.size()
+        self.dtype.bytes_for(self.numel())
     }
 
     /// The element bytes when the graph owns them (used to deduplicate constants).

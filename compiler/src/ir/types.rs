@@ -24,16 +24,26 @@ pub enum DType {
     I8,
     U8,
     Bool,
+    /// Signed 4-bit, two per byte (ONNX INT4, IR 10).
+    I4,
 }
 
 impl DType {
-    /// Bytes per element.
+    /// Bytes per element (sub-byte types round up to 1; use [`DType::bytes_for`] for sizes).
     pub fn size(self) -> usize {
         match self {
             DType::F64 | DType::I64 => 8,
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::I8 | DType::U8 | DType::Bool | DType::I4 => 1,
+        }
+    }
+
+    /// Bytes that `numel` elements occupy (int4 packs two per byte).
+    pub fn bytes_for(self, numel: usize) -> usize {
+        match self {
+            DType::I4 => numel.div_ceil(2),
+            other => numel * other.size(),
         }
     }
 
@@ -42,7 +52,7 @@ impl DType {
     }
 
     pub fn is_int(self) -> bool {
-        matches!(self, DType::I64 | DType::I32 | DType::I8 | DType::U8)
+        matches!(self, DType::I64 | DType::I32 | DType::I8 | DType::U8 | DType::I4)
     }
 
     /// The ONNX element type.
@@ -57,6 +67,7 @@ impl DType {
             DType::I8 => DataType::Int8,
             DType::U8 => DataType::Uint8,
             DType::Bool => DataType::Bool,
+            DType::I4 => DataType::Int4,
         }
     }
 
@@ -72,6 +83,7 @@ impl DType {
             DataType::Int8 => DType::I8,
             DataType::Uint8 => DType::U8,
             DataType::Bool => DType::Bool,
+            DataType::Int4 => DType::I4,
             _ => return None,
         })
     }
@@ -88,6 +100,7 @@ impl DType {
             DType::I8 => "int8",
             DType::U8 => "uint8",
             DType::Bool => "bool",
+            DType::I4 => "int4",
         }
     }
 }

@@ -73,7 +73,7 @@ pub fn graph_skeleton(graph: &Graph) -> (pb::GraphProto, Vec<pb::TensorProto>) {
             output: n.outputs.iter().map(|&o| name(o)).collect(),
             name: Some(n.name.clone()),
             op_type: Some(n.op.op_type().to_string()),
-            domain: None,
+            domain: (!n.op.domain().is_empty()).then(|| n.op.domain().to_string()),
             attribute: n.op.attributes().iter().map(|(k, v)| attribute(k, v)).collect(),
             ..Default::default()
         })
@@ -100,9 +100,16 @@ pub fn graph_skeleton(graph: &Graph) -> (pb::GraphProto, Vec<pb::TensorProto>) {
 
 /// The `ModelProto` around a graph, without the graph.
 pub fn model_skeleton(graph: &Graph, meta: &ModelMeta) -> pb::ModelProto {
+    let mut opset_import = vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(graph.opset) }];
+    let mut domains: Vec<&str> = graph.nodes.iter().map(|n| n.op.domain()).filter(|d| !d.is_empty()).collect();
+    domains.sort_unstable();
+    domains.dedup();
+    for d in domains {
+        opset_import.push(pb::OperatorSetIdProto { domain: Some(d.to_string()), version: Some(1) });
+    }
     pb::ModelProto {
         ir_version: Some(pb::IR_VERSION),
-        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(graph.opset) }],
+        opset_import,
         producer_name: Some("gpt2c".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         doc_string: Some(meta.doc_string.clone()),

@@ -13,7 +13,7 @@ pub mod tract;
 
 use std::path::{Path, PathBuf};
 
-use crate::tensor::HostTensor;
+use crate::tensor::{ElemType, HostTensor};
 
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +55,23 @@ impl BackendKind {
     }
 }
 
+/// How much an engine may rewrite the graph before running it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GraphOptimization {
+    /// Every optimization (ONNX Runtime's ORT_ENABLE_ALL), the default.
+    #[default]
+    All,
+    /// Only rewrites that keep the graph's exact semantics (ORT_ENABLE_BASIC): ONNX Runtime's
+    /// extended level, for example, turns a weight-only DequantizeLinear → MatMul into an 8-bit
+    /// MatMulNBits that also quantizes activations.
+    Basic,
+}
+
 /// Settings shared by the backends.
 #[derive(Clone, Debug, Default)]
 pub struct RunnerOptions {
+    /// Graph rewriting allowed (ONNX Runtime; tract's optimizations always keep semantics).
+    pub optimization: GraphOptimization,
     /// Intra-op threads; `None` lets the engine choose.
     pub threads: Option<usize>,
     /// ONNX Runtime execution providers by name, in order of preference (`cuda`, `cpu`, ...).
@@ -72,6 +86,8 @@ pub trait GraphRunner {
     fn input_names(&self) -> Vec<String>;
     /// Names of the graph outputs, in declaration order.
     fn output_names(&self) -> Vec<String>;
+    /// Element type of an input, when it is one the runtime exchanges.
+    fn input_type(&self, name: &str) -> Option<ElemType>;
     /// Runs the graph; returns every output, in declaration order.
     fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<(String, HostTensor)>, RuntimeError>;
     /// What runs the graph, for people (`ort 1.31.1 (CUDAExecutionProvider, CPUExecutionProvider)`).

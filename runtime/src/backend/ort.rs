@@ -11,10 +11,10 @@ use std::sync::OnceLock;
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, Tensor, ValueType};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use super::{GraphRunner, RunnerOptions, RuntimeError};
-use crate::tensor::{HostData, HostTensor};
+use crate::tensor::{ElemType, HostData, HostTensor};
 
 /// File name of the library on this platform.
 #[cfg(target_os = "windows")]
@@ -123,7 +123,11 @@ impl OrtRunner {
         let library = lib.library.display().to_string();
         let fail = |e: &dyn std::fmt::Display| RuntimeError::Load { path: model.into(), message: e.to_string() };
         let mut builder = Session::builder(&lib.environment).map_err(|e| fail(&e))?;
-        builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| fail(&e))?;
+        let level = match options.optimization {
+            super::GraphOptimization::All => GraphOptimizationLevel::All,
+            super::GraphOptimization::Basic => GraphOptimizationLevel::Level1,
+        };
+        builder = builder.with_optimization_level(level).map_err(|e| fail(&e))?;
         if let Some(n) = options.threads {
             builder = builder.with_intra_threads(n).map_err(|e| fail(&e))?;
         }
@@ -138,6 +142,7 @@ fn to_value(t: &HostTensor) -> Result<DynValue, ort::Error> {
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
     Ok(match &t.data {
         HostData::F32(v) => Tensor::from_array((shape, v.clone()))?.into_dyn(),
+        HostData::F16(v) => Tensor::from_array((shape, v.clone()))?.into_dyn(),
         HostData::I64(v) => Tensor::from_array((shape, v.clone()))?.into_dyn(),
     })
 }
@@ -159,6 +164,16 @@ impl GraphRunner for OrtRunner {
         self.session.outputs().iter().map(|o| o.name().to_string()).collect()
     }
 
+    fn input_type(&self, name: &str) -> Option<ElemType> {
+        let input = self.session.inputs().iter().find(|i| i.name() == name)?;
+        match input.dtype() {
+            ValueType::Tensor { ty: TensorElementType::Float32, .. } => Some(ElemType::F32),
+            ValueType::Tensor { ty: TensorElementType::Float16, .. } => Some(ElemType::F16),
+            ValueType::Tensor { ty: TensorElementType::Int64, .. } => Some(ElemType::I64),
+            _ => None,
+        }
+    }
+
     fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
         let values = inputs
             .iter()
@@ -176,14 +191,21 @@ impl GraphRunner for OrtRunner {
         for name in names {
             let value = outputs.get(&name).ok_or_else(|| err(&format!("output {name} missing")))?;
             let host = match value.dtype() {
-                ValueType::Tensor { ty: ort::value::TensorElementType::Float32, .. } => {
+                ValueType::Tensor { ty: TensorElementType::Float32, .. } => {
                     let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(&e))?;
                     HostTensor {
                         shape: shape.iter().map(|&d| d as usize).collect(),
                         data: HostData::F32(data.to_vec()),
                     }
                 }
-                ValueType::Tensor { ty: ort::value::TensorElementType::Int64, .. } => {
+                ValueType::Tensor { ty: TensorElementType::Float16, .. } => {
+                    let (shape, data) = value.try_extract_tensor::<half::f16>().map_err(|e| err(&e))?;
+                    HostTensor {
+                        shape: shape.iter().map(|&d| d as usize).collect(),
+                        data: HostData::F16(data.to_vec()),
+                    }
+                }
+                ValueType::Tensor { ty: TensorElementType::Int64, .. } => {
                     let (shape, data) = value.try_extract_tensor::<i64>().map_err(|e| err(&e))?;
                     HostTensor {
                         shape: shape.iter().map(|&d| d as usize).collect(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 use super::{GraphRunner, RunnerOptions, RuntimeError};
-use crate::tensor::{HostData, HostTensor};
+use crate::tensor::{ElemType, HostData, HostTensor};
 
 type Plan = Arc<TypedSimplePlan>;
 
@@ -15,6 +15,7 @@ type Plan = Arc<TypedSimplePlan>;
 pub struct TractRunner {
     plan: Plan,
     inputs: Vec<String>,
+    input_types: Vec<Option<ElemType>>,
     outputs: Vec<String>,
 }
 
@@ -29,19 +30,31 @@ impl TractRunner {
         let label =
             |o: OutletId| typed.outlet_label(o).map(str::to_string).unwrap_or_else(|| typed.node(o.node).name.clone());
         let inputs = typed.input_outlets().map_err(load)?.iter().map(|&o| typed.node(o.node).name.clone()).collect();
+        let input_types = typed
+            .input_outlets()
+            .map_err(load)?
+            .iter()
+            .map(|&o| match typed.outlet_fact(o).map(|f| f.datum_type) {
+                Ok(DatumType::F32) => Some(ElemType::F32),
+                Ok(DatumType::F16) => Some(ElemType::F16),
+                Ok(DatumType::I64) => Some(ElemType::I64),
+                _ => None,
+            })
+            .collect();
         let outputs = typed.output_outlets().map_err(load)?.iter().map(|&o| label(o)).collect();
         let mut run_options = RunOptions::default();
         if let Some(n) = options.threads.filter(|&n| n > 1) {
             run_options.executor = Some(tract_linalg::multithread::Executor::multithread(n));
         }
         let plan = typed.into_runnable_with_options(&run_options).map_err(load)?;
-        Ok(TractRunner { plan, inputs, outputs })
+        Ok(TractRunner { plan, inputs, input_types, outputs })
     }
 }
 
 fn to_tvalue(t: &HostTensor) -> TractResult<TValue> {
     Ok(match &t.data {
         HostData::F32(v) => Tensor::from_shape(&t.shape, v)?.into(),
+        HostData::F16(v) => Tensor::from_shape(&t.shape, v)?.into(),
         HostData::I64(v) => Tensor::from_shape(&t.shape, v)?.into(),
     })
 }
@@ -57,6 +70,10 @@ impl GraphRunner for TractRunner {
 
     fn output_names(&self) -> Vec<String> {
         self.outputs.clone()
+    }
+
+    fn input_type(&self, name: &str) -> Option<ElemType> {
+        self.inputs.iter().position(|n| n == name).and_then(|i| self.input_types.get(i).copied().flatten())
     }
 
     fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
@@ -78,6 +95,7 @@ impl GraphRunner for TractRunner {
                 let plain = v.try_as_plain_ram().map_err(tract_err)?;
                 let data = match v.datum_type() {
                     DatumType::F32 => HostData::F32(plain.as_slice::<f32>().map_err(tract_err)?.to_vec()),
+                    DatumType::F16 => HostData::F16(plain.as_slice::<f16>().map_err(tract_err)?.to_vec()),
                     DatumType::I64 => HostData::I64(plain.as_slice::<i64>().map_err(tract_err)?.to_vec()),
                     other => {
                         return Err(RuntimeError::Tract(format!("output {name} has unsupported type {other:?}")));

@@ -1,0 +1,293 @@
+//! GPT-2's weight-carrying layers lowered per numeric format: the Conv1D
+//! linears (`x @ W + b`, W stored [in, out]), the token embedding table and
+//! the LM head that reads it transposed.
+//!
+//! | format | matmul |
+//! |---|---|
+//! | fp32 / fp16 | `MatMul(x, W)` in the compute type |
+//! | int8 | `DynamicQuantizeLinear(x)` → `MatMulInteger(x_q, W_q, x_zp, 0)` → `Cast` → `Mul(x_scale · w_scale)` (ONNX Runtime fuses this into DynamicQuantizeMatMul) |
+//! | int8-weights | `DequantizeLinear(W_q, w_scale, axis=1)` → `MatMul` |
+//! | int4, target ort | `com.microsoft.MatMulNBits(x, W_q4, scales)`, blocks of 32 along K |
+//! | int4, portable | `DequantizeLinear(W_int4, scales, axis=0, block_size=32)` → `MatMul` (opset 21) |
+//!
+//! Quantized embeddings keep one int8 row per token with its scale and zero
+//! point (Gather, then (q - zero point) × scale); the tied LM head reuses that
+//! table, transposed (a per-column zero point for MatMulInteger), with
+//! the int8 dynamic matmul (int8 and int4) or a dequantized MatMul (int8-weights).
+
+use super::BuildError;
+use super::precision::{Part, Precision, Quantize, Target};
+use crate::checkpoint::{Gpt2Config, Weights};
+use crate::ir::{DType, GraphBuilder, GraphError, Op, Tensor, ValueId};
+use crate::quant;
+
+/// What lowering needs: weights, config and the numeric formats.
+pub(crate) struct Ctx<'a> {
+    pub w: &'a Weights,
+    pub c: &'a Gpt2Config,
+    pub p: &'a Precision,
+}
+
+fn values(t: &Tensor, name: &str) -> Result<Vec<f32>, BuildError> {
+    t.to_f32_vec()
+        .ok_or_else(|| GraphError { at: name.into(), message: "weights must be floating point".into() }.into())
+}
+
+fn built(t: Option<Tensor>, name: &str) -> Result<Tensor, BuildError> {
+    t.ok_or_else(|| GraphError { at: name.into(), message: "tensor data does not match its shape".into() }.into())
+}
+
+/// `t` in the float type `dtype` (f32 weights pass through without a copy).
+pub(crate) fn in_dtype(t: Tensor, dtype: DType, name: &str) -> Result<Tensor, BuildError> {
+    match dtype {
+        DType::F16 => built(Tensor::f16_from_f32(t.dims.clone(), &values(&t, name)?), name),
+        _ => Ok(t),
+    }
+}
+
+/// Casts `x` to `dtype` unless it already is.
+pub(crate) fn cast_to(b: &mut GraphBuilder, x: ValueId, dtype: DType) -> Result<ValueId, GraphError> {
+    if b.ty(x).dtype == dtype { Ok(x) } else { b.cast(x, dtype) }
+}
+
+/// GPT-2's `Conv1D` named `scope` (`h.0.attn.c_attn`): `x @ weight + bias`.
+pub(crate) fn conv1d(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    scope: &str,
+    part: Part,
+    x: ValueId,
+    n_in: usize,
+    n_out: usize,
+) -> Result<ValueId, BuildError> {
+    let leaf = scope.rsplit('.').next().unwrap_or(scope);
+    b.scoped(leaf, |b| {
+        let weight = ctx.w.body(&format!("{scope}.weight"), &[n_in, n_out])?;
+        let bias = ctx.w.body(&format!("{scope}.bias"), &[n_out])?;
+        let y = matmul_weight(b, ctx, scope, part, x, weight, n_in, n_out)?;
+        let bias = b.initializer(&format!("{scope}.bias"), in_dtype(bias, b.ty(y).dtype, scope)?)?;
+        Ok(b.add(y, bias)?)
+    })
+}
+
+/// `x @ W` for a `[k, n]` weight named `{name}.weight`, in `part`'s format.
+#[allow(clippy::too_many_arguments)]
+fn matmul_weight(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    name: &str,
+    part: Part,
+    x: ValueId,
+    weight: Tensor,
+    k: usize,
+    n: usize,
+) -> Result<ValueId, BuildError> {
+    match ctx.p.quant_for(part) {
+        Quantize::None => {
+            let w = b.initializer(&format!("{name}.weight"), in_dtype(weight, ctx.p.compute(), name)?)?;
+            Ok(b.matmul(x, w)?)
+        }
+        Quantize::Int8 | Quantize::Int8Weights => {
+            let q = quant::int8_per_column(&values(&weight, name)?, k, n);
+            let wq = b.initializer(
+                &format!("{name}.weight_quantized"),
+                built(Tensor::from_i8(vec![k, n], &q.values), name)?,
+            )?;
+            let ws =
+                b.initializer(&format!("{name}.weight_scale"), built(Tensor::from_f32(vec![n], &q.scales), name)?)?;
+            if ctx.p.quant_for(part) == Quantize::Int8 {
+                let zp = b.initializer(
+                    &format!("{name}.weight_zero_point"),
+                    built(Tensor::from_i8(vec![n], &vec![0; n]), name)?,
+                )?;
+                Ok(dynamic_matmul(b, x, wq, ws, zp)?)
+            } else {
+                let w = b.node1(Op::DequantizeLinear { axis: 1, block_size: 0 }, &[wq, ws])?;
+                Ok(b.matmul(x, w)?)
+            }
+        }
+        Quantize::Int4 => int4_matmul(b, ctx.p, name, x, &values(&weight, name)?, k, n),
+    }
+}
+
+/// Run-time quantized `x @ W_q` scaled back to f32.
+fn dynamic_matmul(
+    b: &mut GraphBuilder,
+    x: ValueId,
+    wq: ValueId,
+    w_scale: ValueId,
+    w_zp: ValueId,
+) -> Result<ValueId, GraphError> {
+    let q = b.node(Op::DynamicQuantizeLinear, &[x])?;
+    let [xq, x_scale, x_zp] = <[ValueId; 3]>::try_from(q)
+        .map_err(|_| GraphError { at: "DynamicQuantizeLinear".into(), message: "expected three outputs".into() })?;
+    let product = b.node1(Op::MatMulInteger, &[xq, wq, x_zp, w_zp])?;
+    let product = b.cast(product, DType::F32)?;
+    let scale = b.mul(x_scale, w_scale)?;
+    b.mul(product, scale)
+}
+
+const INT4_BLOCK: usize = 32;
+
+/// `x @ W` with W in 4-bit blocks of 32 along K.
+fn int4_matmul(
+    b: &mut GraphBuilder,
+    p: &Precision,
+    name: &str,
+    x: ValueId,
+    w: &[f32],
+    k: usize,
+    n: usize,
+) -> Result<ValueId, BuildError> {
+    let q = quant::int4_blocks(w, k, n, INT4_BLOCK);
+    let blocks = k.div_ceil(INT4_BLOCK);
+    if p.target == Target::Ort {
+        let (packed, scales) = q.matmul_nbits();
+        let bq = Tensor::from_bytes(DType::U8, vec![n, blocks, INT4_BLOCK / 2], packed);
+        let bq = b.initializer(&format!("{name}.weight_q4"), built(bq, name)?)?;
+        let s =
+            b.initializer(&format!("{name}.weight_scales"), built(Tensor::from_f32(vec![n * blocks], &scales), name)?)?;
+        let op = Op::MatMulNBits { k: k as i64, n: n as i64, bits: 4, block_size: INT4_BLOCK as i64 };
+        Ok(b.node1(op, &[x, bq, s])?)
+    } else {
+        let wq = b.initializer(
+            &format!("{name}.weight_int4"),
+            built(Tensor::from_bytes(DType::I4, vec![k, n], q.onnx_int4()), name)?,
+        )?;
+        let s = b.initializer(
+            &format!("{name}.weight_scales"),
+            built(Tensor::from_f32(vec![blocks, n], &q.scales), name)?,
+        )?;
+        let w = b.node1(Op::DequantizeLinear { axis: 0, block_size: INT4_BLOCK as i64 }, &[wq, s])?;
+        Ok(b.matmul(x, w)?)
+    }
+}
+
+/// A `[vocab, n_embd]` table (`wte`, or an untied `lm_head`) and the forms
+/// of it the graph uses, each made once.
+pub(crate) struct Table {
+    name: String,
+    source: Tensor,
+    float: Option<ValueId>,
+    /// int8 values, scales and zero points, one per row.
+    int8_rows: Option<(ValueId, ValueId, ValueId)>,
+}
+
+impl Table {
+    pub fn new(name: &str, source: Tensor) -> Table {
+        Table { name: name.into(), source, float: None, int8_rows: None }
+    }
+
+    fn rows(&self) -> (usize, usize) {
+        (self.source.dims.first().copied().unwrap_or(0), self.source.dims.get(1).copied().unwrap_or(0))
+    }
+
+    /// The table in the compute float type.
+    fn float(&mut self, b: &mut GraphBuilder, dtype: DType) -> Result<ValueId, BuildError> {
+        if let Some(v) = self.float {
+            return Ok(v);
+        }
+        let t = in_dtype(self.source.clone(), dtype, &self.name)?;
+        let v = b.initializer(&format!("{}.weight", self.name), t)?;
+        self.float = Some(v);
+        Ok(v)
+    }
+
+    /// The table as int8 rows with one scale and zero point per row.
+    fn int8_rows(&mut self, b: &mut GraphBuilder) -> Result<(ValueId, ValueId, ValueId), BuildError> {
+        if let Some(v) = self.int8_rows {
+            return Ok(v);
+        }
+        let (rows, cols) = self.rows();
+        let name = &self.name;
+        let q = quant::int8_per_row_asymmetric(&values(&self.source, name)?, rows, cols);
+        let wq = b.initializer(
+            &format!("{name}.weight_quantized"),
+            built(Tensor::from_i8(vec![rows, cols], &q.values), name)?,
+        )?;
+        let ws =
+            b.initializer(&format!("{name}.weight_scale"), built(Tensor::from_f32(vec![rows], &q.scales), name)?)?;
+        let zp = b.initializer(
+            &format!("{name}.weight_zero_point"),
+            built(Tensor::from_i8(vec![rows], &q.zero_points), name)?,
+        )?;
+        self.int8_rows = Some((wq, ws, zp));
+        Ok((wq, ws, zp))
+    }
+
+    /// Rows of the table for `ids`, as f32 (the embedding lookup).
+    pub fn embed(&mut self, b: &mut GraphBuilder, ctx: &Ctx<'_>, ids: ValueId) -> Result<ValueId, BuildError> {
+        if ctx.p.quant_for(Part::Embedding) == Quantize::None {
+            let table = self.float(b, ctx.p.compute())?;
+            let rows = b.gather(table, ids, 0)?;
+            return Ok(cast_to(b, rows, DType::F32)?);
+        }
+        // (q - zero_point) × scale, row by row.
+        let (wq, ws, wzp) = self.int8_rows(b)?;
+        let rows = b.gather(wq, ids, 0)?;
+        let rows = b.cast(rows, DType::F32)?;
+        let zero = b.gather(wzp, ids, 0)?;
+        let zero = b.cast(zero, DType::F32)?;
+        let zero = b.unsqueeze(zero, &[-1])?;
+        let rows = b.sub(rows, zero)?;
+        let scales = b.gather(ws, ids, 0)?;
+        let scales = b.unsqueeze(scales, &[-1])?;
+        Ok(b.mul(rows, scales)?)
+    }
+
+    /// `h @ tableᵀ`: the LM head, in the head's format; `h` is in the compute type.
+    pub fn head(&mut self, b: &mut GraphBuilder, ctx: &Ctx<'_>, h: ValueId) -> Result<ValueId, BuildError> {
+        match ctx.p.quant_for(Part::LmHead) {
+            Quantize::None => {
+                let table = self.float(b, ctx.p.compute())?;
+                let t = b.transpose(table, &[1, 0])?;
+                Ok(b.matmul(h, t)?)
+            }
+            // int4 keeps the (tied) table as int8 rows: the head then runs the int8 dynamic matmul.
+            Quantize::Int8 | Quantize::Int4 => {
+                let (wq, ws, wzp) = self.int8_rows(b)?;
+                let wq_t = b.transpose(wq, &[1, 0])?;
+                Ok(dynamic_matmul(b, h, wq_t, ws, wzp)?)
+            }
+            Quantize::Int8Weights => {
+                let (wq, ws, wzp) = self.int8_rows(b)?;
+                let table = b.node1(Op::DequantizeLinear { axis: 0, block_size: 0 }, &[wq, ws, wzp])?;
+                let t = b.transpose(table, &[1, 0])?;
+                Ok(b.matmul(h, t)?)
+            }
+        }
+    }
+}
+
+/// A graph of one GPT-2 `Conv1D` (`y = x @ weight + bias`, weight `[k, n]`) in
+/// the given formats: input `x` `[batch_size, sequence_length, k]` f32, output
+/// `y` f32. For checking each lowering's numerics against a direct computation.
+pub fn single_linear_graph(
+    weight: &[f32],
+    bias: &[f32],
+    k: usize,
+    n: usize,
+    precision: &Precision,
+    opset: i64,
+) -> Result<crate::ir::Graph, BuildError> {
+    use crate::checkpoint::{InMemoryWeights, Weights};
+    use crate::ir::{Dim, ValueType};
+    let mut source = InMemoryWeights::new();
+    source.insert_f32("layer.weight", &[k, n], weight);
+    source.insert_f32("layer.bias", &[n], bias);
+    let weights = Weights::new(std::sync::Arc::new(source));
+    let config_text = format!(
+        r#"{{"n_embd": {k}, "n_head": 1, "n_layer": 1, "vocab_size": 8, "bos_token_id": 0, "eos_token_id": 0}}"#
+    );
+    let (config, _) = crate::checkpoint::Gpt2Config::parse(std::path::Path::new("config.json"), &config_text)
+        .map_err(|e| GraphError { at: "config".into(), message: e.to_string() })?;
+    let ctx = Ctx { w: &weights, c: &config, p: precision };
+    let mut b = GraphBuilder::new("linear", opset);
+    let shape = vec![Dim::sym("batch_size"), Dim::sym("sequence_length")];
+    let x = b.input("x", ValueType::new(DType::F32, [shape.clone(), vec![Dim::fixed(k as i64)]].concat()))?;
+    let xc = cast_to(&mut b, x, precision.compute())?;
+    let y = conv1d(&mut b, &ctx, "layer", Part::Mlp, xc, k, n)?;
+    let y = cast_to(&mut b, y, DType::F32)?;
+    b.output(y, "y", &ValueType::new(DType::F32, [shape, vec![Dim::fixed(n as i64)]].concat()))?;
+    Ok(b.finish())
+}

@@ -1,0 +1,134 @@
+//! Numeric formats of an export: the compute float type, weight
+//! quantization (per part of the model) and the runtime it targets.
+
+use std::str::FromStr;
+
+use crate::ir::DType;
+
+/// Float type of weights and matmuls (`--dtype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloatType {
+    #[default]
+    Fp32,
+    Fp16,
+}
+
+impl FloatType {
+    pub fn dtype(self) -> DType {
+        match self {
+            FloatType::Fp32 => DType::F32,
+            FloatType::Fp16 => DType::F16,
+        }
+    }
+}
+
+/// Weight quantization (`--quantize`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quantize {
+    #[default]
+    None,
+    /// int8 weights (symmetric, per output channel), activations quantized at run time:
+    /// DynamicQuantizeLinear → MatMulInteger → scale.
+    Int8,
+    /// int8 weights dequantized before a float MatMul (per-channel DequantizeLinear).
+    Int8Weights,
+    /// 4-bit weights in blocks of 32 (MatMulNBits for ONNX Runtime, blocked DequantizeLinear otherwise).
+    Int4,
+}
+
+/// The runtime a graph is shaped for (`--target`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Standard ONNX operators only (ONNX Runtime, tract and any other runtime).
+    #[default]
+    Portable,
+    /// ONNX Runtime: may use its `com.microsoft` operators (e.g. MatMulNBits for int4).
+    Ort,
+}
+
+/// Parts of the model quantization can skip (`--quantize-skip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The attention projections (c_attn, c_proj).
+    Attn,
+    /// The MLP (c_fc, c_proj).
+    Mlp,
+    /// The LM head.
+    LmHead,
+    /// The token embedding table (wte).
+    Embedding,
+}
+
+impl FromStr for Part {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Part, String> {
+        match s.trim() {
+            "attn" | "attention" => Ok(Part::Attn),
+            "mlp" => Ok(Part::Mlp),
+            "lm_head" | "head" => Ok(Part::LmHead),
+            "embedding" | "wte" => Ok(Part::Embedding),
+            other => Err(format!("unknown part `{other}`: choose from attn, mlp, lm_head, embedding")),
+        }
+    }
+}
+
+/// All numeric choices of one export.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Precision {
+    pub dtype: FloatType,
+    /// Float type of the graph's inputs and outputs (past/present key-values, logits).
+    pub io_dtype: FloatType,
+    pub quantize: Quantize,
+    pub skip: Vec<Part>,
+    pub target: Target,
+}
+
+impl Precision {
+    /// Rejects combinations the graph cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.quantize != Quantize::None && self.dtype == FloatType::Fp16 {
+            return Err("--quantize cannot be combined with --dtype fp16: quantized graphs compute in fp32".into());
+        }
+        if self.io_dtype == FloatType::Fp16 && self.dtype != FloatType::Fp16 {
+            return Err("--io-dtype fp16 needs --dtype fp16".into());
+        }
+        Ok(())
+    }
+
+    /// The quantization applied to `part`.
+    pub fn quant_for(&self, part: Part) -> Quantize {
+        if self.skip.contains(&part) { Quantize::None } else { self.quantize }
+    }
+
+    /// Element type of matmul inputs and weights.
+    pub fn compute(&self) -> DType {
+        self.dtype.dtype()
+    }
+
+    /// Element type of the graph's float inputs and outputs.
+    pub fn io(&self) -> DType {
+        self.io_dtype.dtype()
+    }
+
+    /// The lowest default-domain opset the chosen formats need.
+    pub fn min_opset(&self) -> i64 {
+        if self.quantize == Quantize::Int4 && self.target == Target::Portable { 21 } else { 14 }
+    }
+
+    /// A short description for model metadata and summaries.
+    pub fn describe(&self) -> String {
+        let mut s = match self.quantize {
+            Quantize::None => format!("{:?}", self.dtype).to_lowercase(),
+            Quantize::Int8 => "int8 (dynamic)".into(),
+            Quantize::Int8Weights => "int8 weights".into(),
+            Quantize::Int4 => {
+                format!("int4 ({})", if self.target == Target::Ort { "MatMulNBits" } else { "DequantizeLinear" })
+            }
+        };
+        if !self.skip.is_empty() && self.quantize != Quantize::None {
+            let parts: Vec<String> = self.skip.iter().map(|p| format!("{p:?}").to_lowercase()).collect();
+            s.push_str(&format!(", skipping {}", parts.join(", ")));
+        }
+        s
+    }
+}
