@@ -12,6 +12,8 @@ mod generated {
 }
 
 pub use generated::*;
+
+pub mod splice;
 pub use prost::Message;
 
 /// Element types, as `TensorProto.data_type` and `TypeProto.Tensor.elem_type` carry them.
@@ -27,6 +29,8 @@ pub enum ProtoError {
     Decode(#[from] prost::DecodeError),
     #[error("unknown tensor element type {0} (expected one of ONNX's TensorProto.DataType values)")]
     UnknownDataType(i32),
+    #[error("not a valid ONNX protobuf: {0}")]
+    Malformed(&'static str),
 }
 
 /// Decodes a serialized `ModelProto`.

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod model;
 pub mod perplexity;
 pub mod session;
+pub mod specialize;
 pub mod tensor;
 pub mod text;
 pub mod tokenizer;

@@ -127,7 +127,8 @@ impl ExportedModel {
         TextTokenizer::from_file(&path).map_err(|message| ModelError::File { path, message })
     }
 
-    /// A decoding session (graph + KV cache) on the chosen backend.
+    /// A decoding session (graph + KV cache) on the chosen backend. `options.logits` decides
+    /// whether every position's logits are computed (scoring) or only the last (generation).
     pub fn session(
         &self,
         backend: BackendKind,

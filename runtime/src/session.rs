@@ -151,8 +151,12 @@ impl KvSession {
         }
         let logits = logits.ok_or_else(|| input_error("logits", "the model has no `logits` output".into()))?;
         let vocab = *logits.shape.last().unwrap_or(&0);
-        if logits.shape != [rows, seq, vocab] {
-            return Err(input_error("logits", format!("shape {:?}, expected [{rows}, {seq}, vocab]", logits.shape)));
+        let positions = if self.runner.last_logits_only() { 1 } else { seq };
+        if logits.shape != [rows, positions, vocab] {
+            return Err(input_error(
+                "logits",
+                format!("shape {:?}, expected [{rows}, {positions}, vocab]", logits.shape),
+            ));
         }
         let data = logits.to_f32().ok_or_else(|| input_error("logits", "expected float logits".into()))?.into_owned();
         let mut cache = Vec::with_capacity(self.n_layer);
@@ -164,7 +168,7 @@ impl KvSession {
         }
         self.cache = cache;
         self.past = total;
-        Ok(AllLogits { rows, positions: seq, vocab, data })
+        Ok(AllLogits { rows, positions, vocab, data })
     }
 }
 
@@ -188,6 +192,12 @@ impl DecoderSession for KvSession {
     }
 
     fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
+        if self.runner.last_logits_only() && step.seq > 1 {
+            return Err(input_error(
+                "logits",
+                "this session computes last-position logits only (LogitsScope::Last)".into(),
+            ));
+        }
         self.run_step(step)
     }
 

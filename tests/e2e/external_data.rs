@@ -4,6 +4,8 @@
 use gpt2c_compiler::ExportOptions;
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_proto as pb;
+use gpt2c_runtime::backend::LogitsScope;
+use gpt2c_runtime::{HostTensor, RunnerOptions, load_runner};
 use gpt2c_tests::{Reference, backends, empty_past, export_fixture, fixture, max_abs_diff, runner};
 
 #[test]
@@ -46,5 +48,17 @@ fn external_data_export_runs_and_matches() {
         let outputs = run.run(&inputs).unwrap();
         let d = max_abs_diff(&outputs[0].1, reference.get("a.logits"), None);
         assert!(d <= 1e-4, "{}: logits differ by {d}", kind.name());
+
+        // Loaded from memory with last-position logits, the weights still come from model.onnx_data.
+        let options = RunnerOptions { logits: LogitsScope::Last, ..Default::default() };
+        let mut last = load_runner(kind, &out.join("model.onnx"), &options).unwrap();
+        assert!(last.last_logits_only(), "{}: the export was specialized", kind.name());
+        let outputs = last.run(&inputs).unwrap();
+        let want = reference.get("a.logits");
+        let (seq, vocab) = (want.shape[1], want.shape[2]);
+        let want_last =
+            HostTensor::f32(vec![1, 1, vocab], want.as_f32().unwrap()[(seq - 1) * vocab..].to_vec()).unwrap();
+        let d = max_abs_diff(&outputs[0].1, &want_last, None);
+        assert!(d <= 1e-4, "{}: last-position logits differ by {d}", kind.name());
     }
 }

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use gpt2c_compiler::ExportOptions;
+use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::GenerationConfig;
 use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions, generate};
 use gpt2c_tests::{backends, export_fixture, fixture, shared_dir};
@@ -41,8 +42,9 @@ fn check_cases(export_dir: &Path, cases: &[Case]) {
     let model = ExportedModel::open(export_dir).unwrap();
     let tokenizer = model.tokenizer().unwrap();
     let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
-    for kind in backends() {
-        let mut session = model.session(kind, &RunnerOptions::default()).unwrap();
+    // Full logits as exported, and the last-position specialization generation uses.
+    for (kind, logits) in backends().into_iter().flat_map(|k| [(k, LogitsScope::All), (k, LogitsScope::Last)]) {
+        let mut session = model.session(kind, &RunnerOptions { logits, ..Default::default() }).unwrap();
         for case in cases {
             let config = GenerationConfig::from_json(&model.generation_json, &case.kwargs)
                 .unwrap_or_else(|e| panic!("{}: {e}", case.name));

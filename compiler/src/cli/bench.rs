@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::{GenerationConfig, generate};
 use gpt2c_runtime::{BackendKind, ExportedModel, ModelLimits, RunnerOptions};
 use serde_json::json;
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// A JSON array of prompt token ids to use instead of the built-in pseudo-random prompt.
     #[arg(long)]
     pub prompt_ids: Option<PathBuf>,
+    /// Compute logits for every prompt position, as the export's contract does (generation normally
+    /// specializes the graph to the last position).
+    #[arg(long)]
+    pub all_logits: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -120,7 +125,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Err(_) => BackendKind::Tract,
         },
     };
-    let options = RunnerOptions { threads: Some(args.threads), ..Default::default() };
+    let logits = if args.all_logits { LogitsScope::All } else { LogitsScope::Last };
+    let options = RunnerOptions { threads: Some(args.threads), logits, ..Default::default() };
     let t_load = Instant::now();
     let loaded = model.session_with_report(backend, &options)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;

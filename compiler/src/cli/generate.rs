@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::{GenerationConfig, Mode};
 use gpt2c_runtime::text::{BackendChoice, TextGenerator};
 use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions};
@@ -266,6 +267,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         threads: args.threads,
         execution_providers: args.ep.clone(),
         ep_strict: args.ep_strict,
+        // Generation reads the last position only: skip the LM head elsewhere.
+        logits: LogitsScope::Last,
         ..Default::default()
     };
     let started = Instant::now();

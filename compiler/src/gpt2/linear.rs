@@ -10,9 +10,10 @@
 //! | int4, target ort | `com.microsoft.MatMulNBits(x, W_q4, scales)`, blocks of 32 along K |
 //! | int4, portable | `DequantizeLinear(W_int4, scales, axis=0, block_size=32)` → `MatMul` (opset 21) |
 //!
-//! Quantized embeddings keep one int8 row per token with its scale and zero
-//! point (Gather, then (q - zero point) × scale); the tied LM head reuses that
-//! table, transposed (a per-column zero point for MatMulInteger), with
+//! Quantized embeddings keep the table once, as int8 `[n_embd, vocab]` with
+//! one scale and zero point per token (Gather of columns, then (q - zero
+//! point) × scale); the tied LM head reads that table as its `[K, N]` weight
+//! (a per-column zero point for MatMulInteger), with
 //! the int8 dynamic matmul (int8 and int4) or a dequantized MatMul (int8-weights).
 
 use super::BuildError;
@@ -193,7 +194,9 @@ impl Table {
         Ok(v)
     }
 
-    /// The table as int8 rows with one scale and zero point per row.
+    /// The table as int8 with one scale and zero point per token, stored transposed
+    /// (`[n_embd, vocab]`): the LM head then is a plain `[K, N]` weight, which runtimes
+    /// fuse into their quantized matmuls, and the embedding gathers columns.
     fn int8_rows(&mut self, b: &mut GraphBuilder) -> Result<(ValueId, ValueId, ValueId), BuildError> {
         if let Some(v) = self.int8_rows {
             return Ok(v);
@@ -201,9 +204,15 @@ impl Table {
         let (rows, cols) = self.rows();
         let name = &self.name;
         let q = quant::int8_per_row_asymmetric(&values(&self.source, name)?, rows, cols);
+        let mut transposed = vec![0i8; q.values.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                transposed[c * rows + r] = q.values[r * cols + c];
+            }
+        }
         let wq = b.initializer(
             &format!("{name}.weight_quantized"),
-            built(Tensor::from_i8(vec![rows, cols], &q.values), name)?,
+            built(Tensor::from_i8(vec![cols, rows], &transposed), name)?,
         )?;
         let ws =
             b.initializer(&format!("{name}.weight_scale"), built(Tensor::from_f32(vec![rows], &q.scales), name)?)?;
@@ -224,7 +233,8 @@ impl Table {
         }
         // (q - zero_point) × scale, row by row.
         let (wq, ws, wzp) = self.int8_rows(b)?;
-        let rows = b.gather(wq, ids, 0)?;
+        let columns = b.gather(wq, ids, 1)?;
+        let rows = b.transpose(columns, &[1, 2, 0])?;
         let rows = b.cast(rows, DType::F32)?;
         let zero = b.gather(wzp, ids, 0)?;
         let zero = b.cast(zero, DType::F32)?;
@@ -246,14 +256,12 @@ impl Table {
             // int4 keeps the (tied) table as int8 rows: the head then runs the int8 dynamic matmul.
             Quantize::Int8 | Quantize::Int4 => {
                 let (wq, ws, wzp) = self.int8_rows(b)?;
-                let wq_t = b.transpose(wq, &[1, 0])?;
-                Ok(dynamic_matmul(b, h, wq_t, ws, wzp)?)
+                Ok(dynamic_matmul(b, h, wq, ws, wzp)?)
             }
             Quantize::Int8Weights => {
                 let (wq, ws, wzp) = self.int8_rows(b)?;
-                let table = b.node1(Op::DequantizeLinear { axis: 0, block_size: 0 }, &[wq, ws, wzp])?;
-                let t = b.transpose(table, &[1, 0])?;
-                Ok(b.matmul(h, t)?)
+                let table = b.node1(Op::DequantizeLinear { axis: 1, block_size: 0 }, &[wq, ws, wzp])?;
+                Ok(b.matmul(h, table)?)
             }
         }
     }

@@ -67,9 +67,22 @@ pub enum GraphOptimization {
     Basic,
 }
 
+/// Which positions `logits` covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogitsScope {
+    /// Every position, as the export computes them (scoring, perplexity).
+    #[default]
+    All,
+    /// Only the last position of each row: gpt2c exports are specialized on load so the LM head
+    /// skips the other positions (generation). Other models load unchanged.
+    Last,
+}
+
 /// Settings shared by the backends.
 #[derive(Clone, Debug, Default)]
 pub struct RunnerOptions {
+    /// Positions whose logits are computed.
+    pub logits: LogitsScope,
     /// Graph rewriting allowed (ONNX Runtime; tract's optimizations always keep semantics).
     pub optimization: GraphOptimization,
     /// Intra-op threads; `None` lets the engine choose.
@@ -96,6 +109,19 @@ pub trait GraphRunner {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether `logits` was specialized to the last position.
+    fn last_logits_only(&self) -> bool {
+        false
+    }
+}
+
+/// The model's bytes specialized for `scope`, when that applies.
+pub(crate) fn specialized_bytes(model: &Path, scope: LogitsScope) -> Result<Option<Vec<u8>>, RuntimeError> {
+    if scope == LogitsScope::All {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(model).map_err(|e| RuntimeError::Load { path: model.into(), message: e.to_string() })?;
+    Ok(crate::specialize::last_position_logits(&bytes))
 }
 
 /// Loads `model` (a `.onnx` file) on the chosen backend.

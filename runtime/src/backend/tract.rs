@@ -14,6 +14,7 @@ type Plan = Arc<TypedSimplePlan>;
 /// A tract plan over one model file.
 pub struct TractRunner {
     plan: Plan,
+    last_only: bool,
     inputs: Vec<String>,
     input_types: Vec<Option<ElemType>>,
     outputs: Vec<String>,
@@ -26,7 +27,17 @@ fn tract_err(e: impl std::fmt::Display) -> RuntimeError {
 impl TractRunner {
     pub fn load(model: &Path, options: &RunnerOptions) -> Result<TractRunner, RuntimeError> {
         let load = |e: TractError| RuntimeError::Load { path: model.into(), message: format!("{e:#}") };
-        let typed = tract_onnx::onnx().model_for_path(model).map_err(load)?.into_optimized().map_err(load)?;
+        let onnx = tract_onnx::onnx();
+        let specialized = super::specialized_bytes(model, options.logits)?;
+        let inference = match &specialized {
+            Some(bytes) => {
+                let proto = onnx.proto_model_for_read(&mut bytes.as_slice()).map_err(load)?;
+                let dir = model.parent().and_then(|d| d.to_str());
+                onnx.parse(&proto, dir).map_err(load)?.model
+            }
+            None => onnx.model_for_path(model).map_err(load)?,
+        };
+        let typed = inference.into_optimized().map_err(load)?;
         let label =
             |o: OutletId| typed.outlet_label(o).map(str::to_string).unwrap_or_else(|| typed.node(o.node).name.clone());
         let inputs = typed.input_outlets().map_err(load)?.iter().map(|&o| typed.node(o.node).name.clone()).collect();
@@ -47,7 +58,7 @@ impl TractRunner {
             run_options.executor = Some(tract_linalg::multithread::Executor::multithread(n));
         }
         let plan = typed.into_runnable_with_options(&run_options).map_err(load)?;
-        Ok(TractRunner { plan, inputs, input_types, outputs })
+        Ok(TractRunner { plan, last_only: specialized.is_some(), inputs, input_types, outputs })
     }
 }
 
@@ -62,6 +73,10 @@ fn to_tvalue(t: &HostTensor) -> TractResult<TValue> {
 impl GraphRunner for TractRunner {
     fn describe(&self) -> String {
         "tract (pure Rust, CPU)".to_string()
+    }
+
+    fn last_logits_only(&self) -> bool {
+        self.last_only
     }
 
     fn input_names(&self) -> Vec<String> {
