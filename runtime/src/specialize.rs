@@ -89,10 +89,12 @@ pub fn last_position_logits(bytes: &[u8]) -> Option<Vec<u8>> {
     let extra: Vec<Vec<u8>> =
         consts.iter().map(|(n, v)| prost::Message::encode_to_vec(&i64_tensor(n, &[*v]))).collect();
     let logits = graph.output.iter_mut().find(|o| o.name.as_deref() == Some("logits"))?;
-    if let Some(pb::type_proto::Value::TensorType(t)) = logits.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-        if let Some(d) = t.shape.as_mut().and_then(|s| s.dim.get_mut(1)) {
-            d.value = Some(dimension::Value::DimValue(1));
-        }
+    let tensor = match logits.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        Some(pb::type_proto::Value::TensorType(t)) => Some(t),
+        _ => None,
+    };
+    if let Some(d) = tensor.and_then(|t| t.shape.as_mut()).and_then(|s| s.dim.get_mut(1)) {
+        d.value = Some(dimension::Value::DimValue(1));
     }
     let mut initializers = parts.initializers;
     initializers.extend(extra.iter().map(Vec::as_slice));
