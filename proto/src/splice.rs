@@ -91,6 +91,24 @@ pub fn split(bytes: &[u8]) -> Result<SplitModel<'_>, ProtoError> {
     Ok(SplitModel { model, initializers })
 }
 
+/// Where an encoded `TensorProto`'s element bytes are: the `raw_data` field's
+/// payload as a range of `tensor`, and the tensor's other fields decoded.
+pub fn tensor_header(tensor: &[u8]) -> Result<(crate::TensorProto, Option<std::ops::Range<usize>>), ProtoError> {
+    let mut rest = tensor;
+    let mut other = Vec::new();
+    let mut raw = None;
+    while !rest.is_empty() {
+        let f = next_field(&mut rest)?;
+        if f.tag == 9 && f.wire == WireType::LengthDelimited {
+            let start = f.payload.as_ptr() as usize - tensor.as_ptr() as usize;
+            raw = Some(start..start + f.payload.len());
+        } else {
+            other.extend_from_slice(f.whole);
+        }
+    }
+    Ok((crate::TensorProto::decode(other.as_slice())?, raw))
+}
+
 /// Serializes `model` with `initializers` (encoded `TensorProto`s) appended to its graph.
 pub fn join(model: &ModelProto, initializers: &[&[u8]]) -> Vec<u8> {
     let mut head = model.clone();

@@ -5,9 +5,12 @@
 //! and over a prompt the LM head is the largest single cost (sequence × n_embd
 //! × vocab multiply-adds). [`last_position_logits`] inserts a Slice of the
 //! final LayerNorm's last position before the LM head, so `logits` becomes
-//! [batch, 1, vocab]; nothing else changes and the weights are not decoded.
+//! [batch, 1, vocab]; nothing else changes. The rewritten model holds only
+//! the graph: each weight becomes an external-data reference to where its
+//! bytes already are in the original `model.onnx` (or `model.onnx_data`), so
+//! loading it costs what loading the original costs, and no weight is copied.
 
-use gpt2c_proto::splice::{join, split};
+use gpt2c_proto::splice::{join, split, tensor_header};
 use gpt2c_proto::{self as pb, tensor_shape_proto::dimension};
 
 /// Name of the Slice node and its output.
@@ -56,9 +59,13 @@ pub fn gpt2c_precision(path: &std::path::Path) -> Option<String> {
     None
 }
 
-/// `model` (serialized) with last-position logits, or `None` when it is not a
-/// gpt2c export of the expected shape (then it is loaded as it is).
-pub fn last_position_logits(bytes: &[u8]) -> Option<Vec<u8>> {
+/// Weights at least this large are referenced in place rather than copied.
+const IN_PLACE_MIN_BYTES: usize = 4096;
+
+/// `model_file` (its serialized `bytes`) with last-position logits, weights
+/// referenced in place, or `None` when it is not a gpt2c export of the
+/// expected shape (then it is loaded as it is).
+pub fn last_position_logits(bytes: &[u8], model_file: &str) -> Option<Vec<u8>> {
     let parts = split(bytes).ok()?;
     let mut model = parts.model;
     if model.producer_name.as_deref() != Some("gpt2c") {
@@ -96,7 +103,26 @@ pub fn last_position_logits(bytes: &[u8]) -> Option<Vec<u8>> {
     if let Some(d) = tensor.and_then(|t| t.shape.as_mut()).and_then(|s| s.dim.get_mut(1)) {
         d.value = Some(dimension::Value::DimValue(1));
     }
-    let mut initializers = parts.initializers;
-    initializers.extend(extra.iter().map(Vec::as_slice));
-    Some(join(&model, &initializers))
+    // Large inline tensors become references into the original file, at their own offsets.
+    let mut rewritten: Vec<Vec<u8>> = Vec::with_capacity(parts.initializers.len());
+    let mut keep: Vec<&[u8]> = Vec::with_capacity(parts.initializers.len() + extra.len());
+    for tensor in &parts.initializers {
+        let (mut header, raw) = tensor_header(tensor).ok()?;
+        match raw {
+            Some(range) if range.len() >= IN_PLACE_MIN_BYTES => {
+                let offset = tensor.as_ptr() as usize - bytes.as_ptr() as usize + range.start;
+                header.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+                header.external_data = vec![
+                    pb::entry("location", model_file),
+                    pb::entry("offset", offset.to_string()),
+                    pb::entry("length", range.len().to_string()),
+                ];
+                rewritten.push(prost::Message::encode_to_vec(&header));
+            }
+            _ => keep.push(tensor),
+        }
+    }
+    keep.extend(rewritten.iter().map(Vec::as_slice));
+    keep.extend(extra.iter().map(Vec::as_slice));
+    Some(join(&model, &keep))
 }

@@ -120,8 +120,12 @@ pub(crate) fn specialized_bytes(model: &Path, scope: LogitsScope) -> Result<Opti
     if scope == LogitsScope::All {
         return Ok(None);
     }
-    let bytes = std::fs::read(model).map_err(|e| RuntimeError::Load { path: model.into(), message: e.to_string() })?;
-    Ok(crate::specialize::last_position_logits(&bytes))
+    let io = |e: std::io::Error| RuntimeError::Load { path: model.into(), message: e.to_string() };
+    let file = std::fs::File::open(model).map_err(io)?;
+    // SAFETY: read-only map of the model file, only read while this function runs.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let name = model.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx");
+    Ok(crate::specialize::last_position_logits(&map, name))
 }
 
 /// Loads `model` (a `.onnx` file) on the chosen backend.
