@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::backend::GraphRunner;
 use crate::backend::{BackendKind, RunnerOptions, RuntimeError, load_runner};
-use crate::session::{DecoderSession, KvSession};
+use crate::session::{CachedSession, DecoderSession, KvSession};
 use crate::tokenizer::TextTokenizer;
 
 /// Errors reading an export folder.
@@ -143,8 +144,31 @@ impl ExportedModel {
         backend: BackendKind,
         options: &RunnerOptions,
     ) -> Result<LoadedSession, ModelError> {
-        let runner = load_runner(backend, &self.model_path(), options)?;
-        let (description, warnings) = (runner.describe(), runner.warnings());
-        Ok(LoadedSession { session: Box::new(KvSession::new(runner, &self.config)), description, warnings })
+        let path = self.model_path();
+        let n_layer = self.config.n_layer;
+        // Each backend keeps the cache in its own values between steps.
+        let (session, description, warnings): (Box<dyn DecoderSession>, String, Vec<String>) = match backend {
+            #[cfg(feature = "ort")]
+            BackendKind::Ort => {
+                let runner = crate::backend::ort::OrtRunner::load(&path, options)?;
+                let (d, w) = (runner.describe(), runner.warnings());
+                let engine = crate::backend::ort::OrtEngine::new(runner, n_layer);
+                (Box::new(CachedSession::new(engine, &self.config)), d, w)
+            }
+            #[cfg(feature = "tract")]
+            BackendKind::Tract => {
+                let runner = crate::backend::tract::TractRunner::load(&path, options)?;
+                let (d, w) = (runner.describe(), runner.warnings());
+                let engine = crate::backend::tract::TractEngine::new(runner, n_layer)?;
+                (Box::new(CachedSession::new(engine, &self.config)), d, w)
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                let runner = load_runner(other, &path, options)?;
+                let (d, w) = (runner.describe(), runner.warnings());
+                (Box::new(KvSession::over(runner, &self.config)), d, w)
+            }
+        };
+        Ok(LoadedSession { session, description, warnings })
     }
 }

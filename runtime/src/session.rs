@@ -66,51 +66,72 @@ pub trait DecoderSession {
     fn reset(&mut self);
 }
 
-/// A cache of host tensors around a [`GraphRunner`].
-pub struct KvSession {
-    runner: Box<dyn GraphRunner>,
+/// The token inputs of one step, as the graph takes them.
+pub struct TokenInputs<'a> {
+    pub rows: usize,
+    pub seq: usize,
+    /// `past + seq`.
+    pub total: usize,
+    pub input_ids: &'a [i64],
+    pub attention_mask: &'a [i64],
+    pub position_ids: &'a [i64],
+}
+
+/// What a decoding session needs from an engine: run a step with the
+/// key/value cache as the engine's own values, and gather cache rows. The
+/// cache never leaves the engine: each step's presents are the next step's
+/// pasts as they are.
+pub trait Engine {
+    /// A tensor held by the engine.
+    type Value;
+    /// Element type of the cache (the graph's past inputs).
+    fn cache_type(&self) -> ElemType;
+    /// An empty cache tensor of `shape` (its past axis is 0).
+    fn empty(&self, shape: &[usize]) -> Result<Self::Value, RuntimeError>;
+    /// Runs one step. `cache` holds each layer's key then value; returns the logits (f32,
+    /// `[rows, positions, vocab]`) and the presents in the same order.
+    fn step(
+        &mut self,
+        inputs: &TokenInputs<'_>,
+        cache: &[Self::Value],
+    ) -> Result<(AllLogits, Vec<Self::Value>), RuntimeError>;
+    /// New tensor whose row `i` is row `rows[i]` of `value` (first axis).
+    fn gather_rows(&self, value: &Self::Value, rows: &[usize]) -> Result<Self::Value, RuntimeError>;
+    /// Whether the graph computes last-position logits only.
+    fn last_logits_only(&self) -> bool;
+}
+
+/// A [`DecoderSession`] over any [`Engine`]: the bookkeeping of rows and
+/// past length, shared by every backend.
+pub struct CachedSession<E: Engine> {
+    engine: E,
     n_layer: usize,
     n_head: usize,
     head_dim: usize,
-    /// `past_key_values.{i}.key/.value` names, in layer order.
-    names: Vec<(String, String)>,
-    /// Per layer (key, value), each `[rows, n_head, past, head_dim]`; empty before the first step.
-    cache: Vec<(HostTensor, HostTensor)>,
-    /// Element type of the cache (the graph's past inputs).
-    cache_type: ElemType,
+    /// Each layer's key then value; empty before the first step.
+    cache: Vec<E::Value>,
     rows: usize,
     past: usize,
 }
 
-impl KvSession {
-    pub fn new(runner: Box<dyn GraphRunner>, config: &ModelConfig) -> KvSession {
-        let names: Vec<(String, String)> = (0..config.n_layer)
-            .map(|i| (format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")))
-            .collect();
-        let cache_type = names.first().and_then(|(k, _)| runner.input_type(k)).unwrap_or(ElemType::F32);
-        KvSession {
-            cache_type,
-            runner,
+impl<E: Engine> CachedSession<E> {
+    pub fn new(engine: E, config: &ModelConfig) -> Self {
+        CachedSession {
+            engine,
             n_layer: config.n_layer,
             n_head: config.n_head,
             head_dim: config.head_dim(),
-            names,
             cache: Vec::new(),
             rows: 0,
             past: 0,
         }
     }
 
-    fn empty_cache(&self, rows: usize) -> Vec<(HostTensor, HostTensor)> {
-        let empty = HostTensor::empty(vec![rows, self.n_head, 0, self.head_dim], self.cache_type);
-        (0..self.n_layer).map(|_| (empty.clone(), empty.clone())).collect()
-    }
-
-    /// Runs a step; returns the raw logits `[rows, seq, vocab]` as f32.
     fn run_step(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
         let (rows, seq) = (step.rows, step.seq);
         if self.cache.is_empty() {
-            self.cache = self.empty_cache(rows);
+            let shape = [rows, self.n_head, 0, self.head_dim];
+            self.cache = (0..2 * self.n_layer).map(|_| self.engine.empty(&shape)).collect::<Result<_, _>>()?;
             self.rows = rows;
             self.past = 0;
         }
@@ -118,57 +139,41 @@ impl KvSession {
             return Err(input_error("input_ids", format!("{rows} rows but the cache holds {}", self.rows)));
         }
         let total = self.past + seq;
-        let tensor = |name: &str, shape: Vec<usize>, data: &[i64]| {
-            HostTensor::i64(shape.clone(), data.to_vec())
-                .ok_or_else(|| input_error(name, format!("{} values do not fill shape {shape:?}", data.len())))
-        };
-        let ids = tensor("input_ids", vec![rows, seq], step.input_ids)?;
-        let mask = tensor("attention_mask", vec![rows, total], step.attention_mask)?;
-        let positions = tensor("position_ids", vec![rows, seq], step.position_ids)?;
-        let mut inputs: Vec<(&str, &HostTensor)> =
-            vec![("input_ids", &ids), ("attention_mask", &mask), ("position_ids", &positions)];
-        for ((k_name, v_name), (k, v)) in self.names.iter().zip(&self.cache) {
-            inputs.push((k_name, k));
-            inputs.push((v_name, v));
-        }
-        let outputs = self.runner.run(&inputs)?;
-        let mut logits = None;
-        let mut presents: Vec<Option<HostTensor>> = vec![None; 2 * self.n_layer];
-        for (name, value) in outputs {
-            if name == "logits" {
-                logits = Some(value);
-            } else if let Some(rest) = name.strip_prefix("present.") {
-                let (layer, kind) = rest.split_once('.').unwrap_or((rest, ""));
-                let slot = layer
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&l| l < self.n_layer)
-                    .map(|l| 2 * l + (kind == "value") as usize);
-                if let Some(slot) = slot {
-                    presents[slot] = Some(value);
-                }
+        let check = |name: &str, data: &[i64], len: usize| {
+            if data.len() == len {
+                Ok(())
+            } else {
+                Err(input_error(name, format!("{} values, expected {len}", data.len())))
             }
-        }
-        let logits = logits.ok_or_else(|| input_error("logits", "the model has no `logits` output".into()))?;
-        let vocab = *logits.shape.last().unwrap_or(&0);
-        let positions = if self.runner.last_logits_only() { 1 } else { seq };
-        if logits.shape != [rows, positions, vocab] {
+        };
+        check("input_ids", step.input_ids, rows * seq)?;
+        check("attention_mask", step.attention_mask, rows * total)?;
+        check("position_ids", step.position_ids, rows * seq)?;
+        let inputs = TokenInputs {
+            rows,
+            seq,
+            total,
+            input_ids: step.input_ids,
+            attention_mask: step.attention_mask,
+            position_ids: step.position_ids,
+        };
+        let (logits, presents) = self.engine.step(&inputs, &self.cache)?;
+        let positions = if self.engine.last_logits_only() { 1 } else { seq };
+        if logits.rows != rows || logits.positions != positions {
             return Err(input_error(
                 "logits",
-                format!("shape {:?}, expected [{rows}, {positions}, vocab]", logits.shape),
+                format!("[{}, {}, vocab], expected [{rows}, {positions}, vocab]", logits.rows, logits.positions),
             ));
         }
-        let data = logits.to_f32().ok_or_else(|| input_error("logits", "expected float logits".into()))?.into_owned();
-        let mut cache = Vec::with_capacity(self.n_layer);
-        for layer in 0..self.n_layer {
-            match (presents[2 * layer].take(), presents[2 * layer + 1].take()) {
-                (Some(k), Some(v)) => cache.push((k, v)),
-                _ => return Err(input_error("present", format!("layer {layer}'s present key/value missing"))),
-            }
+        if presents.len() != 2 * self.n_layer {
+            return Err(input_error(
+                "present",
+                format!("{} present tensors, expected {}", presents.len(), 2 * self.n_layer),
+            ));
         }
-        self.cache = cache;
+        self.cache = presents;
         self.past = total;
-        Ok(AllLogits { rows, positions, vocab, data })
+        Ok(logits)
     }
 }
 
@@ -176,12 +181,7 @@ fn input_error(name: &str, message: String) -> RuntimeError {
     RuntimeError::Input { name: name.into(), message }
 }
 
-/// Gathers rows of a `[rows, ...]` cache tensor.
-fn gather_rows(t: &HostTensor, rows: &[usize]) -> Result<HostTensor, RuntimeError> {
-    t.gather_rows(rows).ok_or_else(|| input_error("cache", format!("a row in {rows:?} is out of range")))
-}
-
-impl DecoderSession for KvSession {
+impl<E: Engine> DecoderSession for CachedSession<E> {
     fn forward(&mut self, step: &StepInput<'_>) -> Result<Logits, RuntimeError> {
         let all = self.run_step(step)?;
         let mut last = Vec::with_capacity(all.rows * all.vocab);
@@ -192,7 +192,7 @@ impl DecoderSession for KvSession {
     }
 
     fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
-        if self.runner.last_logits_only() && step.seq > 1 {
+        if self.engine.last_logits_only() && step.seq > 1 {
             return Err(input_error(
                 "logits",
                 "this session computes last-position logits only (LogitsScope::Last)".into(),
@@ -202,18 +202,15 @@ impl DecoderSession for KvSession {
     }
 
     fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError> {
-        if self.cache.is_empty() {
+        let identity = rows.len() == self.rows && rows.iter().enumerate().all(|(i, &r)| i == r);
+        if self.cache.is_empty() || identity {
             return Ok(());
         }
-        let identity = rows.len() == self.rows && rows.iter().enumerate().all(|(i, &r)| i == r);
-        if !identity {
-            self.cache = self
-                .cache
-                .iter()
-                .map(|(k, v)| Ok((gather_rows(k, rows)?, gather_rows(v, rows)?)))
-                .collect::<Result<_, RuntimeError>>()?;
-            self.rows = rows.len();
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.rows) {
+            return Err(input_error("cache", format!("row {r} out of range ({} rows)", self.rows)));
         }
+        self.cache = self.cache.iter().map(|v| self.engine.gather_rows(v, rows)).collect::<Result<_, _>>()?;
+        self.rows = rows.len();
         Ok(())
     }
 
@@ -225,5 +222,95 @@ impl DecoderSession for KvSession {
         self.cache.clear();
         self.rows = 0;
         self.past = 0;
+    }
+}
+
+/// The engine behind any [`GraphRunner`]: the cache as host tensors, copied in and out each step.
+/// Backends with their own session type avoid those copies; this serves every other runner.
+pub struct HostEngine {
+    runner: Box<dyn GraphRunner>,
+    past_names: Vec<String>,
+    present_names: Vec<String>,
+    cache_type: ElemType,
+}
+
+impl HostEngine {
+    pub fn new(runner: Box<dyn GraphRunner>, config: &ModelConfig) -> Self {
+        let (past_names, present_names) = cache_names(config.n_layer);
+        let cache_type = past_names.first().and_then(|k| runner.input_type(k)).unwrap_or(ElemType::F32);
+        HostEngine { runner, past_names, present_names, cache_type }
+    }
+}
+
+/// `past_key_values.{i}.key/.value` and `present.{i}.key/.value` names, layer by layer, key first.
+pub fn cache_names(n_layer: usize) -> (Vec<String>, Vec<String>) {
+    let past = (0..n_layer).flat_map(|i| ["key", "value"].map(|kv| format!("past_key_values.{i}.{kv}"))).collect();
+    let present = (0..n_layer).flat_map(|i| ["key", "value"].map(|kv| format!("present.{i}.{kv}"))).collect();
+    (past, present)
+}
+
+impl Engine for HostEngine {
+    type Value = HostTensor;
+
+    fn cache_type(&self) -> ElemType {
+        self.cache_type
+    }
+
+    fn empty(&self, shape: &[usize]) -> Result<HostTensor, RuntimeError> {
+        Ok(HostTensor::empty(shape.to_vec(), self.cache_type))
+    }
+
+    fn step(
+        &mut self,
+        t: &TokenInputs<'_>,
+        cache: &[HostTensor],
+    ) -> Result<(AllLogits, Vec<HostTensor>), RuntimeError> {
+        let tensor = |name: &str, shape: Vec<usize>, data: &[i64]| {
+            HostTensor::i64(shape, data.to_vec()).ok_or_else(|| input_error(name, "shape mismatch".into()))
+        };
+        let ids = tensor("input_ids", vec![t.rows, t.seq], t.input_ids)?;
+        let mask = tensor("attention_mask", vec![t.rows, t.total], t.attention_mask)?;
+        let positions = tensor("position_ids", vec![t.rows, t.seq], t.position_ids)?;
+        let mut inputs: Vec<(&str, &HostTensor)> =
+            vec![("input_ids", &ids), ("attention_mask", &mask), ("position_ids", &positions)];
+        inputs.extend(self.past_names.iter().map(String::as_str).zip(cache));
+        let mut outputs = self.runner.run(&inputs)?;
+        let mut take = |name: &str| {
+            outputs
+                .iter()
+                .position(|(n, _)| n == name)
+                .map(|i| outputs.swap_remove(i).1)
+                .ok_or_else(|| input_error(name, "missing from the model's outputs".into()))
+        };
+        let logits = take("logits")?;
+        let presents = self.present_names.iter().map(|n| take(n)).collect::<Result<Vec<_>, _>>()?;
+        Ok((host_logits(&logits)?, presents))
+    }
+
+    fn gather_rows(&self, value: &HostTensor, rows: &[usize]) -> Result<HostTensor, RuntimeError> {
+        value.gather_rows(rows).ok_or_else(|| input_error("cache", format!("a row in {rows:?} is out of range")))
+    }
+
+    fn last_logits_only(&self) -> bool {
+        self.runner.last_logits_only()
+    }
+}
+
+/// A host logits tensor `[rows, positions, vocab]` as f32 [`AllLogits`].
+pub fn host_logits(t: &HostTensor) -> Result<AllLogits, RuntimeError> {
+    let [rows, positions, vocab] = t.shape[..] else {
+        return Err(input_error("logits", format!("expected rank 3, got shape {:?}", t.shape)));
+    };
+    let data = t.to_f32().ok_or_else(|| input_error("logits", "expected float logits".into()))?.into_owned();
+    Ok(AllLogits { rows, positions, vocab, data })
+}
+
+/// The generic session over a [`GraphRunner`].
+pub type KvSession = CachedSession<HostEngine>;
+
+impl KvSession {
+    /// A session over `runner` with host-side cache copies.
+    pub fn over(runner: Box<dyn GraphRunner>, config: &ModelConfig) -> KvSession {
+        CachedSession::new(HostEngine::new(runner, config), config)
     }
 }

@@ -1,5 +1,9 @@
 //! Graph specializations the runtime applies to gpt2c exports when loading them.
 //!
+//! - last-position logits (generation), for every engine;
+//! - a pre-transposed LM head table, for tract (which otherwise repacks the
+//!   transposed constant on every run: 71 of 108 ms of a gpt2-small decode step).
+//!
 //! The export's `logits` cover every position ([batch, sequence, vocab]), as
 //! the contract and perplexity need. Generation reads only the last position,
 //! and over a prompt the LM head is the largest single cost (sequence × n_embd
@@ -62,16 +66,70 @@ pub fn gpt2c_precision(path: &std::path::Path) -> Option<String> {
 /// Weights at least this large are referenced in place rather than copied.
 const IN_PLACE_MIN_BYTES: usize = 4096;
 
-/// `model_file` (its serialized `bytes`) with last-position logits, weights
-/// referenced in place, or `None` when it is not a gpt2c export of the
-/// expected shape (then it is loaded as it is).
-pub fn last_position_logits(bytes: &[u8], model_file: &str) -> Option<Vec<u8>> {
+/// The edits to apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Edits {
+    /// `logits` for the last position only.
+    pub last_position_logits: bool,
+    /// Store the LM head's transposed table instead of transposing at run time
+    /// (tract repacks a transposed constant on every run; a plain one it packs once).
+    pub pretransposed_head: bool,
+}
+
+/// `model_file` (its serialized `bytes`) with `edits` applied and weights
+/// referenced in place, or `None` when nothing applies (not a gpt2c export, or
+/// no edit requested): then it is loaded as it is.
+pub fn specialize(bytes: &[u8], model_file: &str, edits: Edits) -> Option<Vec<u8>> {
+    if edits == Edits::default() {
+        return None;
+    }
     let parts = split(bytes).ok()?;
     let mut model = parts.model;
     if model.producer_name.as_deref() != Some("gpt2c") {
         return None;
     }
     let graph = model.graph.as_mut()?;
+    let mut extra: Vec<Vec<u8>> = Vec::new();
+    let mut dropped: Option<String> = None;
+    if edits.last_position_logits {
+        extra.extend(slice_last_position(graph)?);
+    }
+    let transposed = if edits.pretransposed_head { transposed_head(graph, &parts.initializers) } else { None };
+    if let Some((name, tensor)) = transposed {
+        extra.push(prost::Message::encode_to_vec(&tensor));
+        // The original table goes only if nothing else reads it (untied heads).
+        dropped = Some(name).filter(|n| !graph.node.iter().any(|node| node.input.contains(n)));
+    }
+    // Large inline tensors become references into the original file, at their own offsets.
+    let mut rewritten: Vec<Vec<u8>> = Vec::with_capacity(parts.initializers.len());
+    let mut keep: Vec<&[u8]> = Vec::with_capacity(parts.initializers.len() + extra.len());
+    for tensor in &parts.initializers {
+        let (mut header, raw) = tensor_header(tensor).ok()?;
+        if dropped.is_some() && header.name == dropped {
+            continue;
+        }
+        match raw {
+            Some(range) if range.len() >= IN_PLACE_MIN_BYTES => {
+                let offset = tensor.as_ptr() as usize - bytes.as_ptr() as usize + range.start;
+                header.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+                header.external_data = vec![
+                    pb::entry("location", model_file),
+                    pb::entry("offset", offset.to_string()),
+                    pb::entry("length", range.len().to_string()),
+                ];
+                rewritten.push(prost::Message::encode_to_vec(&header));
+            }
+            _ => keep.push(tensor),
+        }
+    }
+    keep.extend(rewritten.iter().map(Vec::as_slice));
+    keep.extend(extra.iter().map(Vec::as_slice));
+    Some(join(&model, &keep))
+}
+
+/// Inserts a Slice of the final LayerNorm's last position before the LM head;
+/// returns the constants it needs, encoded.
+fn slice_last_position(graph: &mut pb::GraphProto) -> Option<Vec<Vec<u8>>> {
     // The final LayerNorm: the last node of the `ln_f` scope.
     let ln = graph.node.iter().rposition(|n| n.name.as_deref().is_some_and(|s| s.starts_with("ln_f/")))?;
     let hidden = graph.node[ln].output.first()?.clone();
@@ -93,8 +151,6 @@ pub fn last_position_logits(bytes: &[u8], model_file: &str) -> Option<Vec<u8>> {
         ..Default::default()
     };
     graph.node.insert(ln + 1, node);
-    let extra: Vec<Vec<u8>> =
-        consts.iter().map(|(n, v)| prost::Message::encode_to_vec(&i64_tensor(n, &[*v]))).collect();
     let logits = graph.output.iter_mut().find(|o| o.name.as_deref() == Some("logits"))?;
     let tensor = match logits.r#type.as_mut().and_then(|t| t.value.as_mut()) {
         Some(pb::type_proto::Value::TensorType(t)) => Some(t),
@@ -103,26 +159,57 @@ pub fn last_position_logits(bytes: &[u8], model_file: &str) -> Option<Vec<u8>> {
     if let Some(d) = tensor.and_then(|t| t.shape.as_mut()).and_then(|s| s.dim.get_mut(1)) {
         d.value = Some(dimension::Value::DimValue(1));
     }
-    // Large inline tensors become references into the original file, at their own offsets.
-    let mut rewritten: Vec<Vec<u8>> = Vec::with_capacity(parts.initializers.len());
-    let mut keep: Vec<&[u8]> = Vec::with_capacity(parts.initializers.len() + extra.len());
-    for tensor in &parts.initializers {
-        let (mut header, raw) = tensor_header(tensor).ok()?;
-        match raw {
-            Some(range) if range.len() >= IN_PLACE_MIN_BYTES => {
-                let offset = tensor.as_ptr() as usize - bytes.as_ptr() as usize + range.start;
-                header.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
-                header.external_data = vec![
-                    pb::entry("location", model_file),
-                    pb::entry("offset", offset.to_string()),
-                    pb::entry("length", range.len().to_string()),
-                ];
-                rewritten.push(prost::Message::encode_to_vec(&header));
-            }
-            _ => keep.push(tensor),
+    Some(consts.iter().map(|(n, v)| prost::Message::encode_to_vec(&i64_tensor(n, &[*v]))).collect())
+}
+
+/// Replaces the LM head's `Transpose(table)` by a transposed copy of the
+/// table; returns the table's name and the new initializer.
+fn transposed_head(graph: &mut pb::GraphProto, initializers: &[&[u8]]) -> Option<(String, pb::TensorProto)> {
+    let at = graph.node.iter().position(|n| {
+        n.name.as_deref().is_some_and(|s| s.starts_with("lm_head/")) && n.op_type.as_deref() == Some("Transpose")
+    })?;
+    let table = graph.node[at].input.first()?.clone();
+    let output = graph.node[at].output.first()?.clone();
+    let encoded = initializers.iter().find_map(|t| {
+        let (header, raw) = tensor_header(t).ok()?;
+        (header.name.as_deref() == Some(table.as_str())).then_some((header, raw?, *t))
+    })?;
+    let (header, range, bytes) = encoded;
+    let (rows, cols) = match header.dims[..] {
+        [r, c] => (usize::try_from(r).ok()?, usize::try_from(c).ok()?),
+        _ => return None,
+    };
+    let size = match pb::data_type(header.data_type?).ok()? {
+        pb::DataType::Float => 4,
+        pb::DataType::Float16 => 2,
+        _ => return None,
+    };
+    let data = bytes.get(range)?;
+    if data.len() != rows * cols * size {
+        return None;
+    }
+    let mut out = vec![0u8; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+            out[to..to + size].copy_from_slice(&data[from..from + size]);
         }
     }
-    keep.extend(rewritten.iter().map(Vec::as_slice));
-    keep.extend(extra.iter().map(Vec::as_slice));
-    Some(join(&model, &keep))
+    let name = format!("{table}.transposed");
+    graph.node.remove(at);
+    for node in graph.node.iter_mut() {
+        for input in node.input.iter_mut() {
+            if *input == output {
+                *input = name.clone();
+            }
+        }
+    }
+    let tensor = pb::TensorProto {
+        name: Some(name),
+        dims: vec![cols as i64, rows as i64],
+        data_type: header.data_type,
+        raw_data: Some(out),
+        ..Default::default()
+    };
+    Some((table, tensor))
 }

@@ -115,9 +115,12 @@ pub trait GraphRunner {
     }
 }
 
-/// The model's bytes specialized for `scope`, when that applies.
-pub(crate) fn specialized_bytes(model: &Path, scope: LogitsScope) -> Result<Option<Vec<u8>>, RuntimeError> {
-    if scope == LogitsScope::All {
+/// The model's bytes with `edits` applied, when that applies.
+pub(crate) fn specialized_bytes(
+    model: &Path,
+    edits: crate::specialize::Edits,
+) -> Result<Option<Vec<u8>>, RuntimeError> {
+    if edits == crate::specialize::Edits::default() {
         return Ok(None);
     }
     let io = |e: std::io::Error| RuntimeError::Load { path: model.into(), message: e.to_string() };
@@ -125,7 +128,7 @@ pub(crate) fn specialized_bytes(model: &Path, scope: LogitsScope) -> Result<Opti
     // SAFETY: read-only map of the model file, only read while this function runs.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
     let name = model.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx");
-    Ok(crate::specialize::last_position_logits(&map, name))
+    Ok(crate::specialize::specialize(&map, name, edits))
 }
 
 /// Loads `model` (a `.onnx` file) on the chosen backend.

@@ -140,7 +140,11 @@ impl OrtRunner {
         if crate::specialize::gpt2c_precision(model).is_some_and(|p| p.starts_with("int8 weights")) {
             builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| fail(&e))?;
         }
-        let specialized = super::specialized_bytes(model, options.logits)?;
+        let edits = crate::specialize::Edits {
+            last_position_logits: options.logits == super::LogitsScope::Last,
+            pretransposed_head: false,
+        };
+        let specialized = super::specialized_bytes(model, edits)?;
         let session = match &specialized {
             Some(bytes) => {
                 // External data (model.onnx_data) is found next to the original file.
@@ -241,5 +245,117 @@ impl GraphRunner for OrtRunner {
             result.push((name, host));
         }
         Ok(result)
+    }
+}
+
+/// The ONNX Runtime engine of a decoding session: the cache stays in ONNX
+/// Runtime values; each step's `present.*` outputs are fed back as the next
+/// step's `past_key_values.*` inputs without a host copy.
+pub struct OrtEngine {
+    runner: OrtRunner,
+    past_names: Vec<String>,
+    present_names: Vec<String>,
+    cache_type: ElemType,
+}
+
+impl OrtEngine {
+    pub fn new(runner: OrtRunner, n_layer: usize) -> OrtEngine {
+        let (past_names, present_names) = crate::session::cache_names(n_layer);
+        let cache_type = past_names.first().and_then(|k| runner.input_type(k)).unwrap_or(ElemType::F32);
+        OrtEngine { runner, past_names, present_names, cache_type }
+    }
+
+    pub fn runner(&self) -> &OrtRunner {
+        &self.runner
+    }
+}
+
+fn i64_value(shape: [usize; 2], data: &[i64]) -> Result<DynValue, ort::Error> {
+    Ok(Tensor::from_array(([shape[0] as i64, shape[1] as i64], data.to_vec()))?.into_dyn())
+}
+
+/// Copies rows of a `[rows, ...]` tensor value into a new value.
+fn gather<T: Clone + ort::value::PrimitiveTensorElementType + std::fmt::Debug + 'static>(
+    value: &DynValue,
+    rows: &[usize],
+) -> Result<DynValue, ort::Error> {
+    let (shape, data) = value.try_extract_tensor::<T>()?;
+    let per: usize = shape.iter().skip(1).map(|&d| d as usize).product();
+    let mut out = Vec::with_capacity(per * rows.len());
+    for &r in rows {
+        out.extend_from_slice(&data[r * per..(r + 1) * per]);
+    }
+    let mut new_shape: Vec<i64> = shape.to_vec();
+    new_shape[0] = rows.len() as i64;
+    Ok(Tensor::from_array((new_shape, out))?.into_dyn())
+}
+
+impl crate::session::Engine for OrtEngine {
+    type Value = DynValue;
+
+    fn cache_type(&self) -> ElemType {
+        self.cache_type
+    }
+
+    fn empty(&self, shape: &[usize]) -> Result<DynValue, RuntimeError> {
+        let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let value = match self.cache_type {
+            ElemType::F16 => Tensor::from_array((shape, Vec::<half::f16>::new())).map(|t| t.into_dyn()),
+            _ => Tensor::from_array((shape, Vec::<f32>::new())).map(|t| t.into_dyn()),
+        };
+        value.map_err(|e| RuntimeError::Ort { library: self.runner.library.clone(), message: e.to_string() })
+    }
+
+    fn step(
+        &mut self,
+        t: &crate::session::TokenInputs<'_>,
+        cache: &[DynValue],
+    ) -> Result<(crate::session::AllLogits, Vec<DynValue>), RuntimeError> {
+        let library = self.runner.library.clone();
+        let err = |e: &dyn std::fmt::Display| RuntimeError::Ort { library: library.clone(), message: e.to_string() };
+        let ids = i64_value([t.rows, t.seq], t.input_ids).map_err(|e| err(&e))?;
+        let mask = i64_value([t.rows, t.total], t.attention_mask).map_err(|e| err(&e))?;
+        let positions = i64_value([t.rows, t.seq], t.position_ids).map_err(|e| err(&e))?;
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> = vec![
+            ("input_ids".into(), ids.into()),
+            ("attention_mask".into(), mask.into()),
+            ("position_ids".into(), positions.into()),
+        ];
+        for (name, value) in self.past_names.iter().zip(cache) {
+            inputs.push((name.as_str().into(), value.into()));
+        }
+        let mut outputs = self.runner.session.run(inputs).map_err(|e| err(&e))?;
+        let logits = outputs.get("logits").ok_or_else(|| err(&"the model has no `logits` output"))?;
+        let (shape, data): (Vec<usize>, Vec<f32>) = match logits.dtype() {
+            ValueType::Tensor { ty: TensorElementType::Float16, .. } => {
+                let (s, d) = logits.try_extract_tensor::<half::f16>().map_err(|e| err(&e))?;
+                (s.iter().map(|&x| x as usize).collect(), d.iter().map(|x| x.to_f32()).collect())
+            }
+            _ => {
+                let (s, d) = logits.try_extract_tensor::<f32>().map_err(|e| err(&e))?;
+                (s.iter().map(|&x| x as usize).collect(), d.to_vec())
+            }
+        };
+        let [rows, positions, vocab] = shape[..] else {
+            return Err(err(&format!("logits have shape {shape:?}, expected rank 3")));
+        };
+        let presents = self
+            .present_names
+            .iter()
+            .map(|n| outputs.remove(n).ok_or_else(|| err(&format!("the model has no `{n}` output"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((crate::session::AllLogits { rows, positions, vocab, data }, presents))
+    }
+
+    fn gather_rows(&self, value: &DynValue, rows: &[usize]) -> Result<DynValue, RuntimeError> {
+        let result = match self.cache_type {
+            ElemType::F16 => gather::<half::f16>(value, rows),
+            _ => gather::<f32>(value, rows),
+        };
+        result.map_err(|e| RuntimeError::Ort { library: self.runner.library.clone(), message: e.to_string() })
+    }
+
+    fn last_logits_only(&self) -> bool {
+        self.runner.last_only
     }
 }

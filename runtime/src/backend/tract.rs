@@ -2,18 +2,18 @@
 //! past dimensions, optimized once, then run for any sizes.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
 use super::{GraphRunner, RunnerOptions, RuntimeError};
 use crate::tensor::{ElemType, HostData, HostTensor};
 
-type Plan = Arc<TypedSimplePlan>;
+type State = TypedSimpleState;
 
 /// A tract plan over one model file.
 pub struct TractRunner {
-    plan: Plan,
+    /// Kept between runs, so a step does not rebuild the plan's state.
+    state: State,
     last_only: bool,
     inputs: Vec<String>,
     input_types: Vec<Option<ElemType>>,
@@ -28,7 +28,11 @@ impl TractRunner {
     pub fn load(model: &Path, options: &RunnerOptions) -> Result<TractRunner, RuntimeError> {
         let load = |e: TractError| RuntimeError::Load { path: model.into(), message: format!("{e:#}") };
         let onnx = tract_onnx::onnx();
-        let specialized = super::specialized_bytes(model, options.logits)?;
+        let edits = crate::specialize::Edits {
+            last_position_logits: options.logits == super::LogitsScope::Last,
+            pretransposed_head: true,
+        };
+        let specialized = super::specialized_bytes(model, edits)?;
         let inference = match &specialized {
             Some(bytes) => {
                 let proto = onnx.proto_model_for_read(&mut bytes.as_slice()).map_err(load)?;
@@ -58,7 +62,14 @@ impl TractRunner {
             run_options.executor = Some(tract_linalg::multithread::Executor::multithread(n));
         }
         let plan = typed.into_runnable_with_options(&run_options).map_err(load)?;
-        Ok(TractRunner { plan, last_only: specialized.is_some(), inputs, input_types, outputs })
+        let state = plan.spawn().map_err(load)?;
+        Ok(TractRunner {
+            state,
+            last_only: specialized.is_some() && edits.last_position_logits,
+            inputs,
+            input_types,
+            outputs,
+        })
     }
 }
 
@@ -101,7 +112,7 @@ impl GraphRunner for TractRunner {
             ordered
                 .push(to_tvalue(t).map_err(|e| RuntimeError::Input { name: name.clone(), message: format!("{e:#}") })?);
         }
-        let outputs = self.plan.run(ordered).map_err(tract_err)?;
+        let outputs = self.state.run(ordered).map_err(tract_err)?;
         self.outputs
             .iter()
             .zip(outputs)
@@ -119,5 +130,101 @@ impl GraphRunner for TractRunner {
                 Ok((name.clone(), HostTensor { shape, data }))
             })
             .collect()
+    }
+}
+
+/// The tract engine of a decoding session: the cache stays as tract values
+/// (shared tensors) passed back from one step to the next.
+pub struct TractEngine {
+    runner: TractRunner,
+    /// For each graph input in order: where its value comes from.
+    feeds: Vec<Feed>,
+    /// Output positions of logits and of each present (key then value per layer).
+    logits_at: usize,
+    presents_at: Vec<usize>,
+    cache_type: ElemType,
+}
+
+#[derive(Clone, Copy)]
+enum Feed {
+    InputIds,
+    AttentionMask,
+    PositionIds,
+    Cache(usize),
+}
+
+impl TractEngine {
+    pub fn new(runner: TractRunner, n_layer: usize) -> Result<TractEngine, RuntimeError> {
+        let (past_names, present_names) = crate::session::cache_names(n_layer);
+        let missing = |n: &str| RuntimeError::Tract(format!("the model has no `{n}`"));
+        let feeds = runner
+            .inputs
+            .iter()
+            .map(|name| match name.as_str() {
+                "input_ids" => Ok(Feed::InputIds),
+                "attention_mask" => Ok(Feed::AttentionMask),
+                "position_ids" => Ok(Feed::PositionIds),
+                other => past_names.iter().position(|p| p == other).map(Feed::Cache).ok_or_else(|| missing(other)),
+            })
+            .collect::<Result<_, _>>()?;
+        let at = |n: &str| runner.outputs.iter().position(|o| o == n).ok_or_else(|| missing(n));
+        let logits_at = at("logits")?;
+        let presents_at = present_names.iter().map(|n| at(n)).collect::<Result<_, _>>()?;
+        let cache_type = past_names.first().and_then(|k| runner.input_type(k)).unwrap_or(ElemType::F32);
+        Ok(TractEngine { runner, feeds, logits_at, presents_at, cache_type })
+    }
+}
+
+impl crate::session::Engine for TractEngine {
+    type Value = TValue;
+
+    fn cache_type(&self) -> ElemType {
+        self.cache_type
+    }
+
+    fn empty(&self, shape: &[usize]) -> Result<TValue, RuntimeError> {
+        let dt = if self.cache_type == ElemType::F16 { DatumType::F16 } else { DatumType::F32 };
+        Tensor::zero_dt(dt, shape).map(TValue::from).map_err(tract_err)
+    }
+
+    fn step(
+        &mut self,
+        t: &crate::session::TokenInputs<'_>,
+        cache: &[TValue],
+    ) -> Result<(crate::session::AllLogits, Vec<TValue>), RuntimeError> {
+        let i64s = |shape: [usize; 2], data: &[i64]| -> Result<TValue, RuntimeError> {
+            Ok(Tensor::from_shape(&shape, data).map_err(tract_err)?.into())
+        };
+        let mut inputs = TVec::with_capacity(self.feeds.len());
+        for feed in &self.feeds {
+            inputs.push(match *feed {
+                Feed::InputIds => i64s([t.rows, t.seq], t.input_ids)?,
+                Feed::AttentionMask => i64s([t.rows, t.total], t.attention_mask)?,
+                Feed::PositionIds => i64s([t.rows, t.seq], t.position_ids)?,
+                Feed::Cache(i) => cache.get(i).cloned().ok_or_else(|| RuntimeError::Tract("cache too short".into()))?,
+            });
+        }
+        let outputs = self.runner.state.run(inputs).map_err(tract_err)?;
+        let logits = outputs.get(self.logits_at).ok_or_else(|| RuntimeError::Tract("no logits".into()))?;
+        let [rows, positions, vocab] = logits.shape()[..] else {
+            return Err(RuntimeError::Tract(format!("logits have shape {:?}", logits.shape())));
+        };
+        let plain = logits.try_as_plain_ram().map_err(tract_err)?;
+        let data = match logits.datum_type() {
+            DatumType::F16 => plain.as_slice::<f16>().map_err(tract_err)?.iter().map(|x| x.to_f32()).collect(),
+            _ => plain.as_slice::<f32>().map_err(tract_err)?.to_vec(),
+        };
+        let presents = self.presents_at.iter().map(|&i| outputs[i].clone()).collect();
+        Ok((crate::session::AllLogits { rows, positions, vocab, data }, presents))
+    }
+
+    fn gather_rows(&self, value: &TValue, rows: &[usize]) -> Result<TValue, RuntimeError> {
+        let parts =
+            rows.iter().map(|&r| value.slice(0, r, r + 1).map_err(tract_err)).collect::<Result<Vec<Tensor>, _>>()?;
+        Tensor::stack_tensors(0, &parts).map(TValue::from).map_err(tract_err)
+    }
+
+    fn last_logits_only(&self) -> bool {
+        self.runner.last_only
     }
 }
