@@ -152,7 +152,7 @@ impl ExportedModel {
             BackendKind::Ort => {
                 let runner = crate::backend::ort::OrtRunner::load(&path, options)?;
                 let (d, w) = (runner.describe(), runner.warnings());
-                let engine = crate::backend::ort::OrtEngine::new(runner, n_layer);
+                let engine = crate::backend::ort::OrtEngine::new(runner, &self.config);
                 (Box::new(CachedSession::new(engine, &self.config)), d, w)
             }
             #[cfg(feature = "tract")]

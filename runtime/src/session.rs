@@ -95,10 +95,12 @@ pub trait Engine {
         inputs: &TokenInputs<'_>,
         cache: &[Self::Value],
     ) -> Result<(AllLogits, Vec<Self::Value>), RuntimeError>;
-    /// New tensor whose row `i` is row `rows[i]` of `value` (first axis).
-    fn gather_rows(&self, value: &Self::Value, rows: &[usize]) -> Result<Self::Value, RuntimeError>;
+    /// The cache whose row `i` is row `rows[i]` of `cache` (rows may repeat): beam reordering.
+    fn select_rows(&mut self, cache: &[Self::Value], rows: &[usize]) -> Result<Vec<Self::Value>, RuntimeError>;
     /// Whether the graph computes last-position logits only.
     fn last_logits_only(&self) -> bool;
+    /// Forgets any cache state the engine keeps itself.
+    fn reset(&mut self) {}
 }
 
 /// A [`DecoderSession`] over any [`Engine`]: the bookkeeping of rows and
@@ -209,7 +211,7 @@ impl<E: Engine> DecoderSession for CachedSession<E> {
         if let Some(&r) = rows.iter().find(|&&r| r >= self.rows) {
             return Err(input_error("cache", format!("row {r} out of range ({} rows)", self.rows)));
         }
-        self.cache = self.cache.iter().map(|v| self.engine.gather_rows(v, rows)).collect::<Result<_, _>>()?;
+        self.cache = self.engine.select_rows(&self.cache, rows)?;
         self.rows = rows.len();
         Ok(())
     }
@@ -222,6 +224,7 @@ impl<E: Engine> DecoderSession for CachedSession<E> {
         self.cache.clear();
         self.rows = 0;
         self.past = 0;
+        self.engine.reset();
     }
 }
 
@@ -287,8 +290,13 @@ impl Engine for HostEngine {
         Ok((host_logits(&logits)?, presents))
     }
 
-    fn gather_rows(&self, value: &HostTensor, rows: &[usize]) -> Result<HostTensor, RuntimeError> {
-        value.gather_rows(rows).ok_or_else(|| input_error("cache", format!("a row in {rows:?} is out of range")))
+    fn select_rows(&mut self, cache: &[HostTensor], rows: &[usize]) -> Result<Vec<HostTensor>, RuntimeError> {
+        cache
+            .iter()
+            .map(|v| {
+                v.gather_rows(rows).ok_or_else(|| input_error("cache", format!("a row in {rows:?} is out of range")))
+            })
+            .collect()
     }
 
     fn last_logits_only(&self) -> bool {

@@ -7,6 +7,8 @@
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "ort")]
+mod ort_binding;
+#[cfg(feature = "ort")]
 pub mod ort_ep;
 #[cfg(feature = "tract")]
 pub mod tract;

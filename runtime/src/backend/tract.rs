@@ -218,10 +218,17 @@ impl crate::session::Engine for TractEngine {
         Ok((crate::session::AllLogits { rows, positions, vocab, data }, presents))
     }
 
-    fn gather_rows(&self, value: &TValue, rows: &[usize]) -> Result<TValue, RuntimeError> {
-        let parts =
-            rows.iter().map(|&r| value.slice(0, r, r + 1).map_err(tract_err)).collect::<Result<Vec<Tensor>, _>>()?;
-        Tensor::stack_tensors(0, &parts).map(TValue::from).map_err(tract_err)
+    fn select_rows(&mut self, cache: &[TValue], rows: &[usize]) -> Result<Vec<TValue>, RuntimeError> {
+        cache
+            .iter()
+            .map(|value| {
+                let parts = rows
+                    .iter()
+                    .map(|&r| value.slice(0, r, r + 1).map_err(tract_err))
+                    .collect::<Result<Vec<Tensor>, _>>()?;
+                Tensor::stack_tensors(0, &parts).map(TValue::from).map_err(tract_err)
+            })
+            .collect()
     }
 
     fn last_logits_only(&self) -> bool {
