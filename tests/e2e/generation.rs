@@ -6,9 +6,10 @@
 use std::path::Path;
 
 use gpt2c_compiler::ExportOptions;
+use gpt2c_compiler::gpt2::{GraphOptions, Precision, Target};
 use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::GenerationConfig;
-use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions, generate};
+use gpt2c_runtime::{BackendKind, ExportedModel, ModelLimits, RunnerOptions, generate};
 use gpt2c_tests::{backends, export_fixture, fixture, shared_dir};
 use serde_json::{Map, Value};
 
@@ -39,11 +40,26 @@ fn load_cases(path: &Path) -> Vec<Case> {
 
 /// Runs every case on every backend and asserts transformers' exact token ids.
 fn check_cases(export_dir: &Path, cases: &[Case]) {
+    check_cases_on(export_dir, cases, &backends());
+}
+
+/// `--target ort`: opset 23 with ONNX Runtime's fused kernels.
+fn ort_target() -> ExportOptions {
+    let precision = Precision { target: Target::Ort, ..Default::default() };
+    ExportOptions { graph: GraphOptions { opset: 23, precision }, ..Default::default() }
+}
+
+/// ONNX Runtime alone, when its library loads (always in CI).
+fn ort_only() -> Vec<BackendKind> {
+    backends().into_iter().filter(|k| *k == BackendKind::Ort).collect()
+}
+
+fn check_cases_on(export_dir: &Path, cases: &[Case], kinds: &[BackendKind]) {
     let model = ExportedModel::open(export_dir).unwrap();
     let tokenizer = model.tokenizer().unwrap();
     let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
     // Full logits as exported, and the last-position specialization generation uses.
-    for (kind, logits) in backends().into_iter().flat_map(|k| [(k, LogitsScope::All), (k, LogitsScope::Last)]) {
+    for (kind, logits) in kinds.iter().flat_map(|&k| [(k, LogitsScope::All), (k, LogitsScope::Last)]) {
         let mut session = model.session(kind, &RunnerOptions { logits, ..Default::default() }).unwrap();
         for case in cases {
             let config = GenerationConfig::from_json(&model.generation_json, &case.kwargs)
@@ -71,6 +87,18 @@ fn tiny_default_matches_transformers_4_57() {
 fn group_beam_search_matches_transformers_4_56() {
     let (_tmp, out) = export_fixture("tiny-default", &ExportOptions::default());
     check_cases(&out, &load_cases(&fixture("generation/tiny-default-group-beam.json")));
+}
+
+/// The ORT target's fused graph decodes to the same tokens (greedy, sampling, beams, padded batches).
+#[test]
+fn ort_target_matches_transformers() {
+    let (_tmp, out) = export_fixture("tiny-default", &ort_target());
+    check_cases_on(&out, &load_cases(&fixture("generation/tiny-default.json")), &ort_only());
+    let Some(shared) = shared_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &ort_target(), &mut |_| {}).unwrap();
+    check_cases_on(&out, &load_cases(&fixture("generation/tiny-trained.json")), &ort_only());
 }
 
 /// A model trained on English prose, with the real GPT-2 vocabulary.

@@ -3,7 +3,7 @@
 //! more token fed that past, (c) a left-padded batch, on every backend.
 
 use gpt2c_compiler::ExportOptions;
-use gpt2c_compiler::gpt2::GraphOptions;
+use gpt2c_compiler::gpt2::{GraphOptions, Precision, Target};
 use gpt2c_runtime::{BackendKind, HostTensor};
 use gpt2c_tests::{Reference, backends, empty_past, export_fixture, fixture, max_abs_diff, runner};
 
@@ -70,10 +70,14 @@ fn check_case(
 }
 
 fn check_fixture(name: &str, reference_of: &str) {
+    check_fixture_with(name, reference_of, &ExportOptions::default(), &backends());
+}
+
+fn check_fixture_with(name: &str, reference_of: &str, options: &ExportOptions, kinds: &[BackendKind]) {
     let shape = shape_of(name);
     let reference = Reference::load(&fixture(reference_of).join("reference.safetensors"));
-    let (_tmp, out) = export_fixture(name, &ExportOptions::default());
-    for kind in backends() {
+    let (_tmp, out) = export_fixture(name, options);
+    for &kind in kinds {
         let mut run = runner(kind, &out);
         let past = empty_past(shape.n_layer, 1, shape.n_head, shape.head_dim);
         let presents = check_case(kind, run.as_mut(), &reference, &shape, "a", past, name);
@@ -121,6 +125,38 @@ fn sharded_checkpoint_matches_transformers() {
 #[test]
 fn checkpoint_without_transformer_prefix_matches_transformers() {
     check_fixture("tiny-base-noprefix", "tiny-default");
+}
+
+/// `--target ort` (opset-23 Attention, SkipLayerNormalization, FastGelu; ONNX Runtime only) on every
+/// fixture configuration: tanh and erf GELU, inverse-layer scaling, untied head, fp16 weights.
+#[test]
+fn ort_target_matches_transformers() {
+    let kinds = backends();
+    let precision = Precision { target: Target::Ort, ..Default::default() };
+    let options = ExportOptions { graph: GraphOptions { opset: 23, precision }, ..Default::default() };
+    for name in ["tiny-default", "tiny-inner-gelu", "tiny-scaled-attn", "tiny-untied", "tiny-default-f16"] {
+        check_fixture_with(name, name, &options, &kinds);
+    }
+}
+
+/// The ORT target really is the fused graph: one Attention per layer, SkipLayerNormalization for
+/// every LayerNorm after the first (ln_f included), FastGelu only for the tanh GELU family.
+#[test]
+fn ort_target_uses_fused_kernels() {
+    let precision = Precision { target: Target::Ort, ..Default::default() };
+    let options = ExportOptions { graph: GraphOptions { opset: 23, precision }, ..Default::default() };
+    for (name, fast_gelu) in [("tiny-default", true), ("tiny-inner-gelu", false)] {
+        let n_layer = shape_of(name).n_layer;
+        let (_tmp, out) = export_fixture(name, &options);
+        let bytes = std::fs::read(out.join("model.onnx")).unwrap();
+        let model = gpt2c_proto::decode_model(&bytes).unwrap();
+        let count = |op: &str| model.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type() == op).count();
+        assert_eq!(count("Attention"), n_layer, "{name}");
+        assert_eq!(count("SkipLayerNormalization"), 2 * n_layer, "{name}");
+        assert_eq!(count("LayerNormalization"), 1, "{name}: only h.0.ln_1 stays plain");
+        assert_eq!(count("Softmax"), 0, "{name}");
+        assert_eq!(count("FastGelu"), if fast_gelu { n_layer } else { 0 }, "{name}");
+    }
 }
 
 /// Every supported opset gives the same numbers (LayerNormalization is

@@ -132,6 +132,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let mut session = loaded.session;
 
+    // Beam search streams no tokens, so its prefill is timed by runs that stop after the first token,
+    // and its decode is the rest of a full run.
+    let beam_prefill_s = if args.num_beams > 1 {
+        let mut one = overrides.clone();
+        one["max_new_tokens"] = json!(1);
+        one["min_new_tokens"] = json!(1);
+        let first_only =
+            GenerationConfig::from_json(&model.generation_json, one.as_object().unwrap_or(&Default::default()))?;
+        let mut times = Vec::new();
+        for _ in 0..args.warmup + args.repeat {
+            let start = Instant::now();
+            generate(session.as_mut(), limits, &prompts, &first_only, None, &mut |_, _| {})?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        Some(percentile(&times, 0.5))
+    } else {
+        None
+    };
     let mut runs = Vec::new();
     for i in 0..args.warmup + args.repeat {
         let mut stamps: Vec<Instant> = Vec::new();
@@ -145,10 +164,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let first = stamps.first().copied().unwrap_or(end);
         let mut latencies: Vec<f64> = stamps.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3).collect();
         latencies.sort_by(f64::total_cmp);
-        // Beam search reports no per-token events: its prefill is then the first forward's share.
-        let (prefill, decode) = if stamps.is_empty() {
-            let total = (end - start).as_secs_f64();
-            (total / args.new_tokens as f64, total * (1.0 - 1.0 / args.new_tokens as f64))
+        let (prefill, decode) = if let Some(prefill) = beam_prefill_s {
+            (prefill, ((end - start).as_secs_f64() - prefill).max(f64::MIN_POSITIVE))
         } else {
             ((first - start).as_secs_f64(), (end - first).as_secs_f64())
         };

@@ -90,12 +90,9 @@ impl ExportArgs {
         if !OPSETS.contains(&opset) {
             anyhow::bail!("--opset {opset}: not supported; choose one from {} to {}", OPSETS.start(), OPSETS.end());
         }
-        if opset < precision.min_opset() {
-            anyhow::bail!(
-                "--opset {opset}: {} needs opset {} or later; pass --target ort for MatMulNBits",
-                precision.describe(),
-                precision.min_opset()
-            );
+        let (min_opset, needs) = precision.opset_need();
+        if opset < min_opset {
+            anyhow::bail!("--opset {opset}: {needs} needs opset {min_opset} or later");
         }
         Ok(ExportOptions {
             graph: GraphOptions { opset, precision },

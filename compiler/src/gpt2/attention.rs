@@ -53,6 +53,18 @@ pub fn attention_bias(
     b.where_(allowed, open, closed)
 }
 
+/// The factor on `q · kᵀ` in layer `layer` (0-based).
+pub(crate) fn score_scale(c: &crate::checkpoint::Gpt2Config, layer: usize) -> f64 {
+    let mut scale = 1.0f64;
+    if c.scale_attn_weights {
+        scale /= (c.head_dim as f64).sqrt();
+    }
+    if c.scale_attn_by_inverse_layer_idx {
+        scale /= (layer + 1) as f64;
+    }
+    scale
+}
+
 /// One layer's self-attention on `x` (compute type). Returns the block output
 /// (compute type) and the (key, value) cache in the type of `past`.
 pub(crate) fn self_attention(
@@ -85,13 +97,7 @@ pub(crate) fn self_attention(
     let value = b.concat(&[past_v, v], 2)?;
     let present = (cast_to(b, key, io)?, cast_to(b, value, io)?);
 
-    let mut scale = 1.0f64;
-    if c.scale_attn_weights {
-        scale /= (c.head_dim as f64).sqrt();
-    }
-    if c.scale_attn_by_inverse_layer_idx {
-        scale /= (layer + 1) as f64;
-    }
+    let scale = score_scale(c, layer);
     // reorder_and_upcast_attn: the scaled product is computed in f32 whatever the compute type.
     let score_type = if c.reorder_and_upcast_attn { DType::F32 } else { dtype };
     let q = cast_to(b, q, score_type)?;

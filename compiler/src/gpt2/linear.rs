@@ -63,12 +63,39 @@ pub(crate) fn conv1d(
 ) -> Result<ValueId, BuildError> {
     let leaf = scope.rsplit('.').next().unwrap_or(scope);
     b.scoped(leaf, |b| {
-        let weight = ctx.w.body(&format!("{scope}.weight"), &[n_in, n_out])?;
-        let bias = ctx.w.body(&format!("{scope}.bias"), &[n_out])?;
-        let y = matmul_weight(b, ctx, scope, part, x, weight, n_in, n_out)?;
-        let bias = b.initializer(&format!("{scope}.bias"), in_dtype(bias, b.ty(y).dtype, scope)?)?;
+        let (y, bias) = conv1d_parts(b, ctx, scope, part, x, n_in, n_out)?;
         Ok(b.add(y, bias)?)
     })
+}
+
+/// GPT-2's `Conv1D` named `scope` as `(x @ weight, bias)`, for fused ops that add the bias themselves.
+pub(crate) fn conv1d_unbiased(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    scope: &str,
+    part: Part,
+    x: ValueId,
+    n_in: usize,
+    n_out: usize,
+) -> Result<(ValueId, ValueId), BuildError> {
+    let leaf = scope.rsplit('.').next().unwrap_or(scope);
+    b.scoped(leaf, |b| conv1d_parts(b, ctx, scope, part, x, n_in, n_out))
+}
+
+fn conv1d_parts(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    scope: &str,
+    part: Part,
+    x: ValueId,
+    n_in: usize,
+    n_out: usize,
+) -> Result<(ValueId, ValueId), BuildError> {
+    let weight = ctx.w.body(&format!("{scope}.weight"), &[n_in, n_out])?;
+    let bias = ctx.w.body(&format!("{scope}.bias"), &[n_out])?;
+    let y = matmul_weight(b, ctx, scope, part, x, weight, n_in, n_out)?;
+    let bias = b.initializer(&format!("{scope}.bias"), in_dtype(bias, b.ty(y).dtype, scope)?)?;
+    Ok((y, bias))
 }
 
 /// `x @ W` for a `[k, n]` weight named `{name}.weight`, in `part`'s format.

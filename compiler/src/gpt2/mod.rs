@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod contract;
+pub mod fused;
 pub(crate) mod linear;
 pub mod mlp;
 pub mod precision;
@@ -62,13 +63,9 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     }
     let p = &options.precision;
     p.validate().map_err(BuildError::Precision)?;
-    if options.opset < p.min_opset() {
-        return Err(BuildError::Precision(format!(
-            "{} needs opset {} or later (blocked DequantizeLinear); pass --opset {} or --target ort",
-            p.describe(),
-            p.min_opset(),
-            p.min_opset()
-        )));
+    let (min_opset, needs) = p.opset_need();
+    if options.opset < min_opset {
+        return Err(BuildError::Precision(format!("{needs} needs opset {min_opset} or later, not {}", options.opset)));
     }
     let c = &ckpt.config;
     let w = &ckpt.weights;
@@ -78,7 +75,7 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     let io = contract::declare_inputs(&mut b, c, p.io())?;
 
     let mut wte = Table::new("wte", w.body("wte.weight", &[c.vocab_size, c.n_embd])?);
-    let mut h = b.scoped("embeddings", |b| {
+    let h = b.scoped("embeddings", |b| {
         let tokens = b.scoped("wte", |b| wte.embed(b, &ctx, io.input_ids))?;
         let wpe = in_dtype(w.body("wpe.weight", &[c.n_positions, c.n_embd])?, compute, "wpe")?;
         let wpe = b.initializer("wpe.weight", wpe)?;
@@ -91,27 +88,11 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     let mask =
         b.scoped("attention_mask", |b| attention::attention_bias(b, io.input_ids, io.attention_mask, DType::F32))?;
 
-    let mut presents = Vec::with_capacity(c.n_layer);
-    for i in 0..c.n_layer {
-        let (next, present) = b.scoped(&format!("h.{i}"), |b| {
-            let prefix = format!("h.{i}");
-            let x = layer_norm(b, w, &format!("{prefix}.ln_1"), h, c.n_embd, c.layer_norm_epsilon)?;
-            let x = cast_to(b, x, compute)?;
-            let (attn, present) = b.scoped("attn", |b| {
-                attention::self_attention(b, &ctx, i, &format!("{prefix}.attn"), x, io.past[i], mask)
-            })?;
-            let attn = cast_to(b, attn, DType::F32)?;
-            let h = b.add(h, attn)?;
-            let x = layer_norm(b, w, &format!("{prefix}.ln_2"), h, c.n_embd, c.layer_norm_epsilon)?;
-            let x = cast_to(b, x, compute)?;
-            let mlp = b.scoped("mlp", |b| mlp::mlp(b, &ctx, &format!("{prefix}.mlp"), x))?;
-            let mlp = cast_to(b, mlp, DType::F32)?;
-            Ok::<_, BuildError>((b.add(h, mlp)?, present))
-        })?;
-        h = next;
-        presents.push(present);
-    }
-    let h = layer_norm(&mut b, w, "ln_f", h, c.n_embd, c.layer_norm_epsilon)?;
+    let (h, presents) = if fused::applies(p) {
+        fused::blocks(&mut b, &ctx, h, mask, &io.past)?
+    } else {
+        portable_blocks(&mut b, &ctx, h, mask, &io.past)?
+    };
     let logits = b.scoped("lm_head", |b| {
         let h = cast_to(b, h, compute)?;
         // Tied (the default): the head reads wte, stored once.
@@ -124,6 +105,39 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     })?;
     contract::declare_outputs(&mut b, c, p.io(), logits, &presents)?;
     Ok(b.finish())
+}
+
+/// The transformer blocks in standard operators and the final LayerNorm over the embeddings `h`;
+/// returns the final normalized hidden state and each layer's (key, value) cache.
+fn portable_blocks(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    mut h: ValueId,
+    mask: ValueId,
+    past: &[(ValueId, ValueId)],
+) -> Result<(ValueId, Vec<(ValueId, ValueId)>), BuildError> {
+    let (c, w, compute) = (ctx.c, ctx.w, ctx.p.compute());
+    let mut presents = Vec::with_capacity(c.n_layer);
+    for (i, &past) in past.iter().enumerate().take(c.n_layer) {
+        let (next, present) = b.scoped(&format!("h.{i}"), |b| {
+            let prefix = format!("h.{i}");
+            let x = layer_norm(b, w, &format!("{prefix}.ln_1"), h, c.n_embd, c.layer_norm_epsilon)?;
+            let x = cast_to(b, x, compute)?;
+            let (attn, present) =
+                b.scoped("attn", |b| attention::self_attention(b, ctx, i, &format!("{prefix}.attn"), x, past, mask))?;
+            let attn = cast_to(b, attn, DType::F32)?;
+            let h = b.add(h, attn)?;
+            let x = layer_norm(b, w, &format!("{prefix}.ln_2"), h, c.n_embd, c.layer_norm_epsilon)?;
+            let x = cast_to(b, x, compute)?;
+            let mlp = b.scoped("mlp", |b| mlp::mlp(b, ctx, &format!("{prefix}.mlp"), x))?;
+            let mlp = cast_to(b, mlp, DType::F32)?;
+            Ok::<_, BuildError>((b.add(h, mlp)?, present))
+        })?;
+        h = next;
+        presents.push(present);
+    }
+    let h = layer_norm(b, w, "ln_f", h, c.n_embd, c.layer_norm_epsilon)?;
+    Ok((h, presents))
 }
 
 /// Adds a body weight (named as inside `GPT2Model`) as an initializer.

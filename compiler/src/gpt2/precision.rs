@@ -42,7 +42,8 @@ pub enum Target {
     /// Standard ONNX operators only (ONNX Runtime, tract and any other runtime).
     #[default]
     Portable,
-    /// ONNX Runtime: may use its `com.microsoft` operators (e.g. MatMulNBits for int4).
+    /// ONNX Runtime: fused kernels (opset-23 Attention, com.microsoft SkipLayerNormalization and
+    /// FastGelu; MatMulNBits for int4). Needs opset 23 with fp32 compute.
     Ort,
 }
 
@@ -110,9 +111,20 @@ impl Precision {
         self.io_dtype.dtype()
     }
 
-    /// The lowest default-domain opset the chosen formats need.
+    /// The lowest default-domain opset the chosen formats need, and what needs it.
     pub fn min_opset(&self) -> i64 {
-        if self.quantize == Quantize::Int4 && self.target == Target::Portable { 21 } else { 14 }
+        self.opset_need().0
+    }
+
+    /// (lowest opset, the feature that needs it).
+    pub fn opset_need(&self) -> (i64, &'static str) {
+        if self.target == Target::Ort && self.compute() == DType::F32 {
+            (23, "--target ort (the Attention operator)")
+        } else if self.quantize == Quantize::Int4 && self.target == Target::Portable {
+            (21, "portable int4 (blocked DequantizeLinear; --target ort uses MatMulNBits instead)")
+        } else {
+            (14, "")
+        }
     }
 
     /// A short description for model metadata and summaries.

@@ -1,6 +1,7 @@
 //! The operators the IR can express, their ONNX attributes, and type inference.
 //!
-//! Every op is an ONNX default-domain operator. Type inference follows the ONNX
+//! Ops are ONNX default-domain operators, plus the few ONNX Runtime
+//! `com.microsoft` operators `--target ort` emits. Type inference follows the
 //! operator specifications for the forms the compiler emits (opsets 14 to 23);
 //! it also propagates the contents of small int64 tensors (shapes, indices) as
 //! symbolic [`Dim`]s, the way shape arithmetic flows in a real graph, so that
@@ -99,6 +100,21 @@ pub enum Op {
         bits: i64,
         block_size: i64,
     },
+    // Fused blocks.
+    /// Attention (opset 23) with a cache: inputs Q, K, V `[B, S, heads·D]`, an additive mask broadcast
+    /// to `[B, heads, S, P+S]`, past key and value `[B, heads, P, D]`; outputs Y `[B, S, heads·D]` and
+    /// the present key and value `[B, heads, P+S, D]`.
+    Attention {
+        heads: i64,
+        scale: f32,
+    },
+    /// `com.microsoft`: `LayerNorm(input + skip + bias)`; inputs input, skip, gamma, beta, bias; outputs
+    /// the normalized value, mean, inverse std (both optional) and the sum `input + skip + bias`.
+    SkipLayerNormalization {
+        epsilon: f32,
+    },
+    /// `com.microsoft`: the tanh approximation of GELU of `x + bias`.
+    FastGelu,
 }
 
 /// An attribute value as ONNX encodes it.
@@ -153,13 +169,16 @@ impl Op {
             Op::MatMulInteger => "MatMulInteger",
             Op::DequantizeLinear { .. } => "DequantizeLinear",
             Op::MatMulNBits { .. } => "MatMulNBits",
+            Op::Attention { .. } => "Attention",
+            Op::SkipLayerNormalization { .. } => "SkipLayerNormalization",
+            Op::FastGelu => "FastGelu",
         }
     }
 
     /// The operator's domain: the default ONNX domain, or `com.microsoft` for ONNX Runtime's contrib ops.
     pub fn domain(&self) -> &'static str {
         match self {
-            Op::MatMulNBits { .. } => "com.microsoft",
+            Op::MatMulNBits { .. } | Op::SkipLayerNormalization { .. } | Op::FastGelu => "com.microsoft",
             _ => "",
         }
     }
@@ -170,7 +189,8 @@ impl Op {
             Op::LayerNormalization { .. } => 17,
             Op::ReduceMean { axes: None, .. } => 18,
             Op::DequantizeLinear { block_size, .. } if *block_size > 0 => 21,
-            Op::MatMulNBits { .. } => 1,
+            Op::MatMulNBits { .. } | Op::SkipLayerNormalization { .. } | Op::FastGelu => 1,
+            Op::Attention { .. } => 23,
             _ => 14,
         }
     }
@@ -219,7 +239,21 @@ impl Op {
                 ("bits", AttrValue::Int(*bits)),
                 ("block_size", AttrValue::Int(*block_size)),
             ],
+            Op::Attention { heads, scale } => vec![
+                ("kv_num_heads", AttrValue::Int(*heads)),
+                ("q_num_heads", AttrValue::Int(*heads)),
+                ("scale", AttrValue::Float(*scale)),
+            ],
+            Op::SkipLayerNormalization { epsilon } => vec![("epsilon", AttrValue::Float(*epsilon))],
             _ => Vec::new(),
+        }
+    }
+
+    /// Outputs a graph may leave out (written with an empty name) when nothing reads them.
+    pub fn optional_outputs(&self) -> &'static [usize] {
+        match self {
+            Op::SkipLayerNormalization { .. } => &[1, 2, 3],
+            _ => &[],
         }
     }
 
@@ -237,6 +271,9 @@ impl Op {
             Op::MatMulInteger => (4, 4),
             Op::DequantizeLinear { .. } => (2, 3),
             Op::MatMulNBits { .. } => (3, 3),
+            Op::Attention { .. } => (6, 6),
+            Op::SkipLayerNormalization { .. } => (5, 5),
+            Op::FastGelu => (2, 2),
             _ => (1, 1),
         }
     }
@@ -500,6 +537,48 @@ pub fn infer(op: &Op, inputs: &[InferInput<'_>]) -> Result<Inferred, String> {
                 *last = Dim::fixed(*n);
             }
             Ok(vec![(ValueType::new(a.dtype, shape), None)])
+        }
+        Op::Attention { heads, .. } => {
+            let (q, past_k) = (ty(0), ty(4));
+            same_dtype(op, &[q, ty(1), ty(2), ty(3), past_k, ty(5)])?;
+            if q.rank() != 3 || past_k.rank() != 4 || ty(5).shape != past_k.shape {
+                return Err(format!("Attention expects 3-D Q, K, V and 4-D past, got {q} and {past_k}"));
+            }
+            let width = q.shape[2].as_fixed();
+            let head_dim = past_k.shape[3].as_fixed();
+            if past_k.shape[1].as_fixed() != Some(*heads) || width != head_dim.map(|d| d * heads) {
+                return Err(format!("Attention with {heads} heads: Q {q} does not fit past {past_k}"));
+            }
+            if ty(1).shape != q.shape || ty(2).shape != q.shape {
+                return Err(format!("Attention's K and V must be shaped as Q {q}"));
+            }
+            let mut present = past_k.shape.clone();
+            present[2] = present[2].add(&q.shape[1]);
+            let present = ValueType::new(q.dtype, present);
+            Ok(vec![(q.clone(), None), (present.clone(), None), (present, None)])
+        }
+        Op::SkipLayerNormalization { .. } => {
+            let x = ty(0);
+            same_dtype(op, &[x, ty(1), ty(2), ty(3), ty(4)])?;
+            let width = x.shape.last().cloned().ok_or("SkipLayerNormalization needs a rank-3 input")?;
+            if ty(1).shape != x.shape || [2, 3, 4].iter().any(|&i| ty(i).shape != [width.clone()]) {
+                return Err(format!(
+                    "SkipLayerNormalization: skip must be shaped as {x}, gamma, beta and bias as [{width}]"
+                ));
+            }
+            let mut stat = x.shape.clone();
+            if let Some(last) = stat.last_mut() {
+                *last = Dim::fixed(1);
+            }
+            let stat = ValueType::new(DType::F32, stat);
+            Ok(vec![(x.clone(), None), (stat.clone(), None), (stat, None), (x.clone(), None)])
+        }
+        Op::FastGelu => {
+            same_dtype(op, &[ty(0), ty(1)])?;
+            if ty(1).rank() != 1 || ty(0).shape.last() != ty(1).shape.first() {
+                return Err(format!("FastGelu's bias {} must match the last dim of {}", ty(1), ty(0)));
+            }
+            Ok(vec![(ty(0).clone(), None)])
         }
         Op::ReduceMean { axes, keepdims } => {
             let axes: Vec<i64> = match axes {

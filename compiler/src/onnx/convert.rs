@@ -5,7 +5,7 @@
 
 use gpt2c_proto as pb;
 
-use crate::ir::{AttrValue, Dim, Graph, Value};
+use crate::ir::{AttrValue, Dim, Graph, Value, ValueId};
 
 /// Default-domain opset and model metadata for one model.
 #[derive(Clone, Debug)]
@@ -65,12 +65,18 @@ fn attribute(name: &str, value: &AttrValue) -> pb::AttributeProto {
 /// tensor headers in the graph's order.
 pub fn graph_skeleton(graph: &Graph) -> (pb::GraphProto, Vec<pb::TensorProto>) {
     let name = |id| graph.value(id).name.clone();
+    // Optional outputs nothing reads are left out (an empty name), so the runtime need not make them.
+    let read: std::collections::HashSet<ValueId> =
+        graph.nodes.iter().flat_map(|n| n.inputs.iter().copied()).chain(graph.outputs.iter().copied()).collect();
+    let output_name = |n: &crate::ir::Node, i: usize, id: ValueId| {
+        if n.op.optional_outputs().contains(&i) && !read.contains(&id) { String::new() } else { name(id) }
+    };
     let nodes = graph
         .nodes
         .iter()
         .map(|n| pb::NodeProto {
             input: n.inputs.iter().map(|&i| name(i)).collect(),
-            output: n.outputs.iter().map(|&o| name(o)).collect(),
+            output: n.outputs.iter().enumerate().map(|(i, &o)| output_name(n, i, o)).collect(),
             name: Some(n.name.clone()),
             op_type: Some(n.op.op_type().to_string()),
             domain: (!n.op.domain().is_empty()).then(|| n.op.domain().to_string()),
