@@ -2,11 +2,14 @@
 """Prefill and decode speed: `gpt2c bench` next to the peer tools, in one run, on one checkpoint.
 
     python tests/bench/generate_vs_peers.py CHECKPOINT [--gpt2c target/release/gpt2c] [--work /tmp/gen-bench]
-        [--peers ../shared/bench/peers.py] [--only hf,optimum,ort,ct2,ct2-int8] [--threads 2]
+        [--peers ../shared/bench/peers.py] [--only hf,optimum,ort,ct2,ct2-int8] [--threads 2] [--beams]
+        [--extra '--target ort' --extra '--quantize int8' ...] [--hf-batch-beam]
 
 Exports CHECKPOINT with gpt2c, then runs, with the same 128-token prompt (peers.py's fixed pseudo-random
 ids), 64 new tokens, greedy decoding, EOS unable to end early and 2 threads:
-  gpt2c bench on ONNX Runtime and on tract, batch 1 and batch 4 (and 4 beams when --beams),
+  gpt2c bench on ONNX Runtime and on tract, batch 1 and batch 4 (and 4 beams when --beams), for the
+  default export, then for each --extra export variant on ONNX Runtime (batch 1),
+  with --hf-batch-beam, transformers' generate() at batch 4 and with 4 beams (hf_batch_beam.py),
   then peers.py: transformers PyTorch, optimum + ORTModelForCausalLM, a bare ONNX Runtime loop over
   optimum's export, CTranslate2 fp32 and int8.
 Prints one JSON object per line, then a table; the first generated tokens are printed by every tool so
@@ -34,7 +37,9 @@ def main():
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--beams", action="store_true", help="also measure 4-beam search")
-    p.add_argument("--extra", default="", help="extra `gpt2c export` flags for a second gpt2c variant, e.g. '--quantize int8'")
+    p.add_argument("--extra", action="append", default=[],
+                   help="`gpt2c export` flags of a further variant, e.g. '--quantize int8' (repeatable)")
+    p.add_argument("--hf-batch-beam", action="store_true", help="also run hf_batch_beam.py")
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
 
@@ -47,13 +52,13 @@ def main():
     json.dump(ids, open(ids_path, "w"))
 
     rows = []
-    variants = [("gpt2c", [])] + ([("gpt2c" + args.extra.replace(" ", "").replace("--", "-"), args.extra.split())] if args.extra else [])
+    variants = [("gpt2c", [])] + [("gpt2c" + e.replace(" ", "").replace("--", "-"), e.split()) for e in args.extra]
     for name, flags in variants:
         out = os.path.join(args.work, name)
         shutil.rmtree(out, ignore_errors=True)
         subprocess.run([args.gpt2c, "export", args.checkpoint, "-o", out, "-q", *flags], check=True)
-        for backend in ("ort", "tract"):
-            settings = [(1, 1), (4, 1)] + ([(1, 4)] if args.beams else [])
+        for backend in ("ort", "tract") if not flags else ("ort",):
+            settings = ([(1, 1), (4, 1)] + ([(1, 4)] if args.beams else [])) if not flags else [(1, 1)]
             for batch, beams in settings:
                 r = subprocess.run([args.gpt2c, "bench", out, "--backend", backend, "--threads", str(args.threads),
                                     "--batch", str(batch), "--num-beams", str(beams), "--prompt-ids", ids_path,
@@ -78,6 +83,16 @@ def main():
         print(json.dumps(row), flush=True)
         if "decode_tok_s" in row:
             rows.append(dict(row, batch=1, beams=1))
+    if args.hf_batch_beam:
+        r = subprocess.run([sys.executable, os.path.join(here, "hf_batch_beam.py"), args.checkpoint, "--peers", args.peers,
+                            "--threads", str(args.threads), "--new-tokens", str(args.new_tokens)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit("hf_batch_beam.py failed:\n" + r.stderr[-3000:])
+        for line in r.stdout.splitlines():
+            row = json.loads(line)
+            print(json.dumps(row), flush=True)
+            rows.append(dict(row, decode_tok_s=row["decode_steps_s"]))
 
     print("\n| tool | batch | beams | prefill ms | decode tok/s (per sequence) | decode tok/s (batch) |")
     print("|---|---|---|---|---|---|")

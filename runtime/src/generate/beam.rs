@@ -43,14 +43,26 @@ struct Candidate {
 
 /// Indices of the `k` largest values, largest first, earlier index first on ties.
 fn top_k(values: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    let k = k.min(idx.len());
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, |&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-        idx.truncate(k);
+    // One pass keeping the best k so far, best first: k is a few beams, values are beams × vocab.
+    // Scanning in index order, an equal value never displaces an earlier index (lower index wins ties).
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
     }
-    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    idx
+    // The value to beat once `best` is full.
+    let mut floor = None::<f32>;
+    for (i, &v) in values.iter().enumerate() {
+        if floor.is_some_and(|f| v.total_cmp(&f).is_le()) {
+            continue;
+        }
+        let at = best.partition_point(|&w| values[w].total_cmp(&v).is_ge());
+        best.insert(at, i);
+        best.truncate(k);
+        if best.len() == k {
+            floor = best.last().map(|&w| values[w]);
+        }
+    }
+    best
 }
 
 pub(super) fn run(
@@ -229,4 +241,33 @@ pub(super) fn run(
         })
         .collect();
     Ok(GenerationOutput { sequences, prompt_len, results, notices: Vec::new(), seed: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k;
+
+    /// The one-pass selection equals a full sort (value descending, lower index first on ties).
+    #[test]
+    fn top_k_matches_a_full_sort() {
+        let mut x: u64 = 3;
+        for len in [0usize, 1, 5, 64, 1000] {
+            // Few distinct values, so ties are common; -inf included.
+            let values: Vec<f32> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    match (x >> 33) % 9 {
+                        0 => f32::NEG_INFINITY,
+                        v => v as f32 * 0.5 - 2.0,
+                    }
+                })
+                .collect();
+            let mut sorted: Vec<usize> = (0..len).collect();
+            sorted.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+            for k in [0usize, 1, 2, 8, 2000] {
+                let want: Vec<usize> = sorted.iter().copied().take(k).collect();
+                assert_eq!(top_k(&values, k), want, "len {len}, k {k}");
+            }
+        }
+    }
 }

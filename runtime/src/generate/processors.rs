@@ -356,16 +356,22 @@ impl Processor {
             }
             Processor::TopP { p, min_keep } => {
                 // Ascending sort; drop the low tail whose cumulative probability is ≤ 1 - p.
-                let mut asc: Vec<usize> = order_desc(scores);
-                asc.reverse();
+                // Masked (-inf) tokens come first in that order with probability exactly 0: they
+                // stay masked, so only the others are sorted (after top-k, a few dozen of 50k).
+                let live: Vec<f32> = scores.iter().copied().filter(|&s| s != f32::NEG_INFINITY).collect();
+                let masked = scores.len() - live.len();
+                let order = order_desc(&live);
+                let live_index: Vec<usize> =
+                    scores.iter().enumerate().filter(|(_, s)| **s != f32::NEG_INFINITY).map(|(i, _)| i).collect();
+                let asc: Vec<usize> = order.iter().rev().map(|&j| live_index[j]).collect();
                 let sorted: Vec<f32> = asc.iter().map(|&i| scores[i]).collect();
                 let probs = softmax(&sorted);
                 let mut cumulative = 0.0f32;
-                let keep_from = asc.len().saturating_sub(*min_keep);
+                let keep_from = scores.len().saturating_sub(*min_keep);
                 let mut remove = Vec::new();
                 for (rank, (&i, q)) in asc.iter().zip(probs).enumerate() {
                     cumulative += q;
-                    if cumulative <= 1.0 - p && rank < keep_from {
+                    if cumulative <= 1.0 - p && masked + rank < keep_from {
                         remove.push(i);
                     }
                 }

@@ -2,7 +2,7 @@
 //! token per row per step; rows that finished receive `pad_token_id` until
 //! every row is done.
 
-use super::math::{argmax, log_softmax, softmax};
+use super::math::{argmax, log_softmax_at, softmax};
 use super::sampling::Rng;
 use super::stopping::FinishReason;
 use super::{GenerateError, GenerationOutput, Mode, Plan, SequenceResult};
@@ -38,7 +38,7 @@ pub(super) fn run(
             } as u32;
             let token = if finished[r].is_some() && has_eos { plan.pad } else { token };
             if finished[r].is_none() {
-                logprobs[r].push(log_softmax(&scores).get(token as usize).copied().unwrap_or(f32::NEG_INFINITY));
+                logprobs[r].push(log_softmax_at(&scores, token as usize));
                 on_token(r, token);
             }
             next.push(token);
