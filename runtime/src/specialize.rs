@@ -127,8 +127,37 @@ pub fn specialize(bytes: &[u8], model_file: &str, edits: Edits) -> Option<Vec<u8
     Some(join(&model, &keep))
 }
 
-/// Inserts a Slice of the final LayerNorm's last position before the LM head;
-/// returns the constants it needs, encoded.
+/// Identity nodes gpt2c places in the last layer where only the last position reaches the logits
+/// (node names end in `.{marker}/Identity`), with the axis of positions in each; the compiler's
+/// `gpt2::attention::LAST_POSITION_MARKERS`.
+pub const LAST_POSITION_MARKERS: [(&str, i64); 3] = [("query_rows", 1), ("mask_rows", 2), ("residual_rows", 1)];
+
+/// Turns the last layer's position markers into Slices of the last position, so that the last
+/// layer computes attention output, MLP and residual for one position (its keys and values, the
+/// `present` outputs, still cover every position). Returns the axes constants it needs; exports
+/// without markers are left as they are.
+fn slice_marked_rows(graph: &mut pb::GraphProto) -> Vec<Vec<u8>> {
+    let mut axes_used = Vec::new();
+    for node in graph.node.iter_mut() {
+        let Some(name) = node.name.as_deref() else { continue };
+        let Some(&(_, axis)) = LAST_POSITION_MARKERS
+            .iter()
+            .find(|(marker, _)| name.ends_with(&format!(".{marker}/Identity")) && node.op_type() == "Identity")
+        else {
+            continue;
+        };
+        let axes = format!("{SLICE}.axes{axis}");
+        node.op_type = Some("Slice".into());
+        node.input.extend([format!("{SLICE}.starts"), format!("{SLICE}.ends"), axes.clone()]);
+        if !axes_used.contains(&axis) {
+            axes_used.push(axis);
+        }
+    }
+    axes_used.iter().map(|&a| prost::Message::encode_to_vec(&i64_tensor(&format!("{SLICE}.axes{a}"), &[a]))).collect()
+}
+
+/// Inserts a Slice of the final LayerNorm's last position before the LM head
+/// (and slices the last layer's marked rows); returns the constants it needs, encoded.
 fn slice_last_position(graph: &mut pb::GraphProto) -> Option<Vec<Vec<u8>>> {
     // The final LayerNorm: the last node of the `ln_f` scope.
     let ln = graph.node.iter().rposition(|n| n.name.as_deref().is_some_and(|s| s.starts_with("ln_f/")))?;
@@ -142,7 +171,7 @@ fn slice_last_position(graph: &mut pb::GraphProto) -> Option<Vec<Vec<u8>>> {
         }
     }
     let consts =
-        [("ln_f/LastPosition.starts", -1i64), ("ln_f/LastPosition.ends", i64::MAX), ("ln_f/LastPosition.axes", 1)];
+        [(format!("{SLICE}.starts"), -1i64), (format!("{SLICE}.ends"), i64::MAX), (format!("{SLICE}.axes"), 1)];
     let node = pb::NodeProto {
         input: std::iter::once(hidden).chain(consts.iter().map(|(n, _)| n.to_string())).collect(),
         output: vec![sliced],
@@ -159,7 +188,10 @@ fn slice_last_position(graph: &mut pb::GraphProto) -> Option<Vec<Vec<u8>>> {
     if let Some(d) = tensor.and_then(|t| t.shape.as_mut()).and_then(|s| s.dim.get_mut(1)) {
         d.value = Some(dimension::Value::DimValue(1));
     }
-    Some(consts.iter().map(|(n, v)| prost::Message::encode_to_vec(&i64_tensor(n, &[*v]))).collect())
+    let mut encoded: Vec<Vec<u8>> =
+        consts.iter().map(|(n, v)| prost::Message::encode_to_vec(&i64_tensor(n, &[*v]))).collect();
+    encoded.extend(slice_marked_rows(graph));
+    Some(encoded)
 }
 
 /// Replaces the LM head's `Transpose(table)` by a transposed copy of the

@@ -159,6 +159,63 @@ fn ort_target_uses_fused_kernels() {
     }
 }
 
+/// Specialized for generation, the last layer computes one position: the compiler's markers become
+/// Slices, the logits are transformers' last-position logits, and every `present` (the last
+/// layer's included) still covers every position. Both targets, every backend, a padded batch.
+#[test]
+fn last_layer_specialization_keeps_every_present() {
+    use gpt2c_runtime::backend::LogitsScope;
+    use gpt2c_runtime::specialize::{Edits, LAST_POSITION_MARKERS, specialize};
+    assert_eq!(LAST_POSITION_MARKERS, gpt2c_compiler::gpt2::attention::LAST_POSITION_MARKERS);
+    let shape = shape_of("tiny-default");
+    let reference = Reference::load(&fixture("tiny-default").join("reference.safetensors"));
+    let ort = ExportOptions {
+        graph: GraphOptions { opset: 23, precision: Precision { target: Target::Ort, ..Default::default() } },
+        ..Default::default()
+    };
+    for (label, options) in [("portable", ExportOptions::default()), ("ort target", ort)] {
+        let (_tmp, out) = export_fixture("tiny-default", &options);
+        let bytes = std::fs::read(out.join("model.onnx")).unwrap();
+        let edits = Edits { last_position_logits: true, ..Default::default() };
+        let model = gpt2c_proto::decode_model(&specialize(&bytes, "model.onnx", edits).unwrap()).unwrap();
+        let graph = model.graph.unwrap();
+        for (marker, _) in LAST_POSITION_MARKERS {
+            let at = format!("h.{}.", shape.n_layer - 1);
+            let node = graph.node.iter().find(|n| n.name().ends_with(&format!(".{marker}/Identity")));
+            let node = node.unwrap_or_else(|| panic!("{label}: no {marker} marker"));
+            assert!(node.name().starts_with(&at) && node.op_type() == "Slice", "{label}: {}", node.name());
+        }
+        for kind in backends() {
+            let options = gpt2c_runtime::RunnerOptions { logits: LogitsScope::Last, ..Default::default() };
+            let mut run = gpt2c_runtime::load_runner(kind, &out.join("model.onnx"), &options).unwrap();
+            let past = empty_past(shape.n_layer, 2, shape.n_head, shape.head_dim);
+            let mut inputs: Vec<(&str, &HostTensor)> = vec![
+                ("input_ids", reference.get("c.input_ids")),
+                ("attention_mask", reference.get("c.attention_mask")),
+                ("position_ids", reference.get("c.position_ids")),
+            ];
+            inputs.extend(past.iter().map(|(n, t)| (n.as_str(), t)));
+            let outputs = run.run(&inputs).unwrap();
+            let mask = reference.get("c.attention_mask").as_i64().unwrap().to_vec();
+            let total = reference.get("c.attention_mask").shape[1];
+            for (name, got) in outputs {
+                let want = reference.get(&format!("c.{name}"));
+                let d = if name == "logits" {
+                    let (rows, seq, vocab) = (want.shape[0], want.shape[1], want.shape[2]);
+                    let data = want.as_f32().unwrap();
+                    let last: Vec<f32> = (0..rows)
+                        .flat_map(|r| data[(r * seq + seq - 1) * vocab..(r * seq + seq) * vocab].to_vec())
+                        .collect();
+                    max_abs_diff(&got, &HostTensor::f32(vec![rows, 1, vocab], last).unwrap(), None)
+                } else {
+                    max_abs_diff(&got, want, Some(&|i: &[usize]| mask[i[0] * total + i[2]] == 1))
+                };
+                assert!(d <= TOLERANCE, "{label} on {}: {name} differs by {d}", kind.name());
+            }
+        }
+    }
+}
+
 /// Every supported opset gives the same numbers (LayerNormalization is
 /// decomposed before 17, ReduceMean changes form at 18).
 #[test]

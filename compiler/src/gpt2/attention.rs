@@ -53,6 +53,23 @@ pub fn attention_bias(
     b.where_(allowed, open, closed)
 }
 
+/// Marks where generation needs only the last position, as an Identity node in scope `marker`
+/// (a [`LAST_POSITION_MARKERS`] name). In the last layer only the last position's output reaches the
+/// logits, so the runtime can slice there when it specializes the graph for generation: the query
+/// rows, their mask rows and the residual rows. Other layers keep every position (the next layer's
+/// keys and values need them).
+pub(crate) fn last_position_marker(
+    b: &mut GraphBuilder,
+    marker: &str,
+    x: ValueId,
+    is_last_layer: bool,
+) -> Result<ValueId, GraphError> {
+    if is_last_layer { b.scoped(marker, |b| b.identity(x)) } else { Ok(x) }
+}
+
+/// The marker scopes and the axis of the positions in each marked value.
+pub const LAST_POSITION_MARKERS: [(&str, i64); 3] = [("query_rows", 1), ("mask_rows", 2), ("residual_rows", 1)];
+
 /// The factor on `q · kᵀ` in layer `layer` (0-based).
 pub(crate) fn score_scale(c: &crate::checkpoint::Gpt2Config, layer: usize) -> f64 {
     let mut scale = 1.0f64;
@@ -82,6 +99,9 @@ pub(crate) fn self_attention(
     let parts = b.split(qkv, -1, &[e, e, e])?;
     let [q, k, v] = <[ValueId; 3]>::try_from(parts)
         .map_err(|_| GraphError { at: scope.into(), message: "c_attn split did not give q, k, v".into() })?;
+    let last = layer + 1 == c.n_layer;
+    let q = last_position_marker(b, "query_rows", q, last)?;
+    let mask_bias = last_position_marker(b, "mask_rows", mask_bias, last)?;
     let heads = |b: &mut GraphBuilder, t: ValueId| -> Result<ValueId, GraphError> {
         let t = b.reshape(t, &[0, 0, h, d])?;
         b.transpose(t, &[0, 2, 1, 3])

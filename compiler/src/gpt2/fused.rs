@@ -18,7 +18,7 @@
 //! Fused blocks need the f32 compute type (the quantized formats keep f32
 //! activations too); with `--dtype fp16` the ORT target keeps the portable blocks.
 
-use super::attention::score_scale;
+use super::attention::{last_position_marker, score_scale};
 use super::linear::{Ctx, conv1d, conv1d_unbiased};
 use super::precision::{Part, Precision, Target};
 use super::{BuildError, mlp, weight};
@@ -47,7 +47,8 @@ pub(crate) fn blocks(
         let (y, bias, present) = b.scoped(&prefix, |b| {
             b.scoped("attn", |b| attention(b, ctx, i, &format!("{prefix}.attn"), x, past, mask_bias))
         })?;
-        let (x2, h2) = b.scoped(&prefix, |b| skip_layer_norm(b, ctx, &format!("{prefix}.ln_2"), y, h, bias))?;
+        let h_rows = b.scoped(&prefix, |b| last_position_marker(b, "residual_rows", h, i + 1 == c.n_layer))?;
+        let (x2, h2) = b.scoped(&prefix, |b| skip_layer_norm(b, ctx, &format!("{prefix}.ln_2"), y, h_rows, bias))?;
         let (m, bias) =
             b.scoped(&prefix, |b| b.scoped("mlp", |b| mlp_unbiased(b, ctx, &format!("{prefix}.mlp"), x2)))?;
         // The residual sum and the next layer's ln_1 (the final ln_f after the last layer).
@@ -109,6 +110,9 @@ fn attention(
     let parts = b.split(qkv, -1, &[e, e, e])?;
     let [q, k, v] = <[ValueId; 3]>::try_from(parts)
         .map_err(|_| GraphError { at: scope.into(), message: "c_attn split did not give q, k, v".into() })?;
+    let last = layer + 1 == c.n_layer;
+    let q = last_position_marker(b, "query_rows", q, last)?;
+    let mask_bias = last_position_marker(b, "mask_rows", mask_bias, last)?;
     let op = Op::Attention { heads: c.n_head as i64, scale: score_scale(c, layer) as f32 };
     let outs = b.node(op, &[q, k, v, mask_bias, past.0, past.1])?;
     let [y, key, value] = <[ValueId; 3]>::try_from(outs)

@@ -126,6 +126,7 @@ fn portable_blocks(
             let (attn, present) =
                 b.scoped("attn", |b| attention::self_attention(b, ctx, i, &format!("{prefix}.attn"), x, past, mask))?;
             let attn = cast_to(b, attn, DType::F32)?;
+            let h = attention::last_position_marker(b, "residual_rows", h, i + 1 == c.n_layer)?;
             let h = b.add(h, attn)?;
             let x = layer_norm(b, w, &format!("{prefix}.ln_2"), h, c.n_embd, c.layer_norm_epsilon)?;
             let x = cast_to(b, x, compute)?;
