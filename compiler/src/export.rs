@@ -27,6 +27,9 @@ pub struct ExportOptions {
     pub external_data: ExternalData,
     /// Replace an existing non-empty output folder.
     pub force: bool,
+    /// Build from the config alone with transformers' initialisation and this seed (the model
+    /// path is then a config.json file or a folder holding one; its weights are not read).
+    pub random_init: Option<u64>,
 }
 
 /// What the caller can show while an export runs.
@@ -48,6 +51,7 @@ pub struct ExportSummary {
     pub out_dir: PathBuf,
     pub parameters: usize,
     pub n_layer: usize,
+    pub task: gpt2::Task,
     /// Bytes of every file written.
     pub total_bytes: u64,
     pub files: Vec<String>,
@@ -106,14 +110,17 @@ pub fn export(
     let started = Instant::now();
     check_output(out_dir, options.force)?;
     progress(Progress::Step("reading checkpoint"));
-    let ckpt = Checkpoint::open(model_dir)?;
+    let ckpt = match options.random_init {
+        Some(seed) => Checkpoint::random(model_dir, options.graph.task, seed)?,
+        None => Checkpoint::open(model_dir)?,
+    };
     progress(Progress::Step("building graph"));
+    let task = options.graph.task_for(&ckpt.config)?;
     let graph = gpt2::build_causal_lm(&ckpt, &options.graph)?;
     let meta = ModelMeta {
-        doc_string: "GPT-2 causal language model with past key/values (text-generation-with-past), compiled by gpt2c"
-            .into(),
+        doc_string: format!("{}, compiled by gpt2c", task.describe()),
         metadata: vec![
-            ("gpt2c.task".into(), "text-generation-with-past".into()),
+            ("gpt2c.task".into(), task.name().into()),
             ("gpt2c.precision".into(), options.graph.precision.describe()),
         ],
     };
@@ -150,6 +157,7 @@ pub fn export(
         out_dir: out_dir.into(),
         parameters: graph.parameter_count(),
         n_layer: ckpt.config.n_layer,
+        task,
         total_bytes,
         files,
         external_data: written.data.is_some(),
@@ -183,8 +191,8 @@ fn install(staging: tempfile::TempDir, out_dir: &Path) -> Result<(), ExportError
 
 fn copy_side_files(ckpt: &Checkpoint, dest: &Path, warnings: &mut Vec<String>) -> Result<(), ExportError> {
     let dir = &ckpt.dir;
-    let config_src = dir.join("config.json");
-    copy_file(&config_src, &dest.join("config.json"))?;
+    let config_src = &ckpt.config_path;
+    copy_file(config_src, &dest.join("config.json"))?;
 
     let gen_src = dir.join("generation_config.json");
     if gen_src.is_file() {

@@ -87,7 +87,7 @@ fn export_prints_a_summary_and_writes_the_folder() {
     let output = gpt2c(&["export", fixture().to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("exported 59.5k parameters (2 layers)"), "{stdout}");
+    assert!(stdout.contains("exported 59.5k parameters (2 layers, text-generation-with-past)"), "{stdout}");
     for file in ["model.onnx", "config.json", "generation_config.json", "tokenizer.json", "vocab.json", "merges.txt"] {
         assert!(out.join(file).is_file(), "{file} missing from the export");
     }
@@ -225,4 +225,41 @@ fn invalid_opset_is_refused_before_any_work() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--opset 9: not supported; choose one from 14 to 23"));
     assert!(!out.exists());
+}
+
+/// `--config FILE --random-init --seed N` builds from a config alone; the same seed gives the same
+/// bytes, another seed other weights; --config needs --random-init, and a folder excludes --config.
+#[test]
+fn export_from_a_config_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/heads/random-init/config.json");
+    let run = |out: &str, seed: &str| {
+        let out = tmp.path().join(out);
+        let o = gpt2c(&[
+            "export",
+            "--config",
+            config.to_str().unwrap(),
+            "--random-init",
+            "--seed",
+            seed,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        fs::read(out.join("model.onnx")).unwrap()
+    };
+    let (a, b, c) = (run("a", "1"), run("b", "1"), run("c", "2"));
+    assert!(a == b && a != c, "seeded random init is deterministic and seed-dependent");
+    let o = gpt2c(&["export", "--config", config.to_str().unwrap(), "-o", tmp.path().join("d").to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--random-init"));
+    let o = gpt2c(&[
+        "export",
+        fixture().to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--random-init",
+        "-o",
+        "x",
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not both"));
 }

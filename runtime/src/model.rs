@@ -145,6 +145,15 @@ impl ExportedModel {
         options: &RunnerOptions,
     ) -> Result<LoadedSession, ModelError> {
         let path = self.model_path();
+        if let Some(task) = crate::specialize::gpt2c_task(&path).filter(|t| t != "text-generation-with-past") {
+            return Err(ModelError::File {
+                path,
+                message: format!(
+                    "exported for the {task} task; generation and scoring need a language model with its cache: \
+                     re-export with `gpt2c export --task text-generation-with-past`"
+                ),
+            });
+        }
         let n_layer = self.config.n_layer;
         // Each backend keeps the cache in its own values between steps.
         let (session, description, warnings): (Box<dyn DecoderSession>, String, Vec<String>) = match backend {

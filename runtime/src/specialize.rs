@@ -30,9 +30,19 @@ fn i64_tensor(name: &str, values: &[i64]) -> pb::TensorProto {
     }
 }
 
-/// The `gpt2c.precision` metadata of a gpt2c export, read from the head of the
-/// file (gpt2c writes the model's metadata before its graph).
+/// The `gpt2c.precision` metadata of a gpt2c export.
 pub fn gpt2c_precision(path: &std::path::Path) -> Option<String> {
+    gpt2c_metadata(path, "gpt2c.precision")
+}
+
+/// The `gpt2c.task` metadata of a gpt2c export (optimum's task name).
+pub fn gpt2c_task(path: &std::path::Path) -> Option<String> {
+    gpt2c_metadata(path, "gpt2c.task")
+}
+
+/// A `metadata_props` entry of a gpt2c export, read from the head of the file (gpt2c writes the
+/// model's metadata before its graph).
+fn gpt2c_metadata(path: &std::path::Path, key: &str) -> Option<String> {
     use prost::encoding::{WireType, decode_key, decode_varint};
     use std::io::Read;
     let mut head = Vec::new();
@@ -55,7 +65,7 @@ pub fn gpt2c_precision(path: &std::path::Path) -> Option<String> {
         buf = rest;
         if tag == 14 {
             let entry = <pb::StringStringEntryProto as prost::Message>::decode(payload).ok()?;
-            if entry.key.as_deref() == Some("gpt2c.precision") {
+            if entry.key.as_deref() == Some(key) {
                 return entry.value;
             }
         }

@@ -46,7 +46,7 @@ fn check_cases(export_dir: &Path, cases: &[Case]) {
 /// `--target ort`: opset 23 with ONNX Runtime's fused kernels.
 fn ort_target() -> ExportOptions {
     let precision = Precision { target: Target::Ort, ..Default::default() };
-    ExportOptions { graph: GraphOptions { opset: 23, precision }, ..Default::default() }
+    ExportOptions { graph: GraphOptions { opset: 23, precision, ..Default::default() }, ..Default::default() }
 }
 
 /// ONNX Runtime alone, when its library loads (always in CI).

@@ -7,6 +7,7 @@ mod determinism;
 mod export_folder;
 mod external_data;
 mod generation;
+mod heads;
 mod onnx_checker;
 mod parity;
 mod precision;

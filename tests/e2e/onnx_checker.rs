@@ -32,6 +32,36 @@ fn every_fixture_passes_the_full_check() {
     }
 }
 
+/// Every task's graph, at the default opset and at 14 (attribute forms of the reductions).
+#[test]
+fn every_task_passes_the_full_check() {
+    use gpt2c_compiler::gpt2::Task;
+    let Some(python) = python_with_onnx() else {
+        return;
+    };
+    let heads = gpt2c_tests::repo_root().join("models/heads");
+    let cases = [
+        ("seq-cls", None),
+        ("tok-cls", None),
+        ("qa", None),
+        ("double-heads", None),
+        ("double-heads-mean", None),
+        ("base", None),
+        ("base", Some(Task::FeatureExtractionWithPast)),
+        ("base", Some(Task::TextGeneration)),
+    ];
+    for (name, task) in cases {
+        for opset in [14, 18] {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("export");
+            let options =
+                ExportOptions { graph: GraphOptions { opset, task, ..Default::default() }, ..Default::default() };
+            gpt2c_compiler::export(&heads.join(name), &out, &options, &mut |_| {}).unwrap();
+            check(&python, &out.join("model.onnx"));
+        }
+    }
+}
+
 #[test]
 fn external_data_and_every_opset_pass_the_full_check() {
     let Some(python) = python_with_onnx() else {

@@ -124,7 +124,14 @@ fn sharded_checkpoint_matches_transformers() {
 
 #[test]
 fn checkpoint_without_transformer_prefix_matches_transformers() {
-    check_fixture("tiny-base-noprefix", "tiny-default");
+    // Saved from GPT2Model (its architectures imply feature-extraction): the tied LM head is wte.
+    let graph = GraphOptions { task: Some(gpt2c_compiler::gpt2::Task::TextGenerationWithPast), ..Default::default() };
+    check_fixture_with(
+        "tiny-base-noprefix",
+        "tiny-default",
+        &ExportOptions { graph, ..Default::default() },
+        &backends(),
+    );
 }
 
 /// `--target ort` (opset-23 Attention, SkipLayerNormalization, FastGelu; ONNX Runtime only) on every
@@ -133,7 +140,8 @@ fn checkpoint_without_transformer_prefix_matches_transformers() {
 fn ort_target_matches_transformers() {
     let kinds = backends();
     let precision = Precision { target: Target::Ort, ..Default::default() };
-    let options = ExportOptions { graph: GraphOptions { opset: 23, precision }, ..Default::default() };
+    let options =
+        ExportOptions { graph: GraphOptions { opset: 23, precision, ..Default::default() }, ..Default::default() };
     for name in ["tiny-default", "tiny-inner-gelu", "tiny-scaled-attn", "tiny-untied", "tiny-default-f16"] {
         check_fixture_with(name, name, &options, &kinds);
     }
@@ -144,7 +152,8 @@ fn ort_target_matches_transformers() {
 #[test]
 fn ort_target_uses_fused_kernels() {
     let precision = Precision { target: Target::Ort, ..Default::default() };
-    let options = ExportOptions { graph: GraphOptions { opset: 23, precision }, ..Default::default() };
+    let options =
+        ExportOptions { graph: GraphOptions { opset: 23, precision, ..Default::default() }, ..Default::default() };
     for (name, fast_gelu) in [("tiny-default", true), ("tiny-inner-gelu", false)] {
         let n_layer = shape_of(name).n_layer;
         let (_tmp, out) = export_fixture(name, &options);
@@ -170,7 +179,11 @@ fn last_layer_specialization_keeps_every_present() {
     let shape = shape_of("tiny-default");
     let reference = Reference::load(&fixture("tiny-default").join("reference.safetensors"));
     let ort = ExportOptions {
-        graph: GraphOptions { opset: 23, precision: Precision { target: Target::Ort, ..Default::default() } },
+        graph: GraphOptions {
+            opset: 23,
+            precision: Precision { target: Target::Ort, ..Default::default() },
+            ..Default::default()
+        },
         ..Default::default()
     };
     for (label, options) in [("portable", ExportOptions::default()), ("ort target", ort)] {

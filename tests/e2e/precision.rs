@@ -216,8 +216,10 @@ fn every_mode_exports_checks_and_runs() {
     let mask = reference.get("c.attention_mask").as_i64().unwrap().to_vec();
     let valid = move |i: &[usize]| mask[i[0] * 7 + i[1]] == 1;
     for (name, precision, opset, tolerance) in modes() {
-        let options =
-            ExportOptions { graph: GraphOptions { opset, precision: precision.clone() }, ..Default::default() };
+        let options = ExportOptions {
+            graph: GraphOptions { opset, precision: precision.clone(), ..Default::default() },
+            ..Default::default()
+        };
         let (_tmp, dir) = export_fixture("tiny-default", &options);
         let size = std::fs::metadata(dir.join("model.onnx")).unwrap().len();
         assert!(size < fp32_size * 3 / 4, "{name}: {size} bytes vs {fp32_size} for fp32");
@@ -296,7 +298,8 @@ fn perplexity_cost_of_each_mode_is_within_bounds() {
     let tmp = tempfile::tempdir().unwrap();
     let ppl = |name: &str, precision: Precision| -> f64 {
         let out = tmp.path().join(name);
-        let options = ExportOptions { graph: GraphOptions { opset: 18, precision }, ..Default::default() };
+        let options =
+            ExportOptions { graph: GraphOptions { opset: 18, precision, ..Default::default() }, ..Default::default() };
         gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &options, &mut |_| {}).unwrap();
         let model = ExportedModel::open(&out).unwrap();
         let ids: Vec<u32> = model.tokenizer().unwrap().encode(&text).unwrap().into_iter().take(2048).collect();
@@ -335,7 +338,8 @@ fn incompatible_precision_choices_are_refused() {
         (mode(Quantize::Int4, Target::Portable), 18, "needs opset 21"),
     ];
     for (precision, opset, needle) in cases {
-        let options = ExportOptions { graph: GraphOptions { opset, precision }, ..Default::default() };
+        let options =
+            ExportOptions { graph: GraphOptions { opset, precision, ..Default::default() }, ..Default::default() };
         let err = gpt2c_compiler::export(&fixture("tiny-default"), &tmp.path().join("out"), &options, &mut |_| {})
             .unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");

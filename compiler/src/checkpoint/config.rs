@@ -245,6 +245,63 @@ pub struct Gpt2Config {
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
     pub architectures: Vec<String>,
+    /// Labels of classification heads: `len(id2label)`, else `num_labels`, else transformers' 2.
+    pub num_labels: usize,
+    /// Standard deviation of transformers' weight initialisation (`--random-init`).
+    pub initializer_range: f64,
+    /// The double-heads model's sequence summary.
+    pub summary: Summary,
+}
+
+/// How `SequenceSummary` (GPT2DoubleHeadsModel's multiple-choice head) pools a sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SummaryType {
+    Last,
+    First,
+    Mean,
+    /// At the token given by `mc_token_ids`.
+    ClsIndex,
+}
+
+/// `summary_*` fields of config.json, as written: only the multiple-choice head reads them, so
+/// they are checked when that head is built ([`Summary::kind`], [`Summary::activation`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub type_name: String,
+    pub use_proj: bool,
+    /// Project to `num_labels` classes (else to `n_embd`).
+    pub proj_to_labels: bool,
+    pub activation_name: Option<String>,
+}
+
+impl Summary {
+    pub fn kind(&self) -> Result<SummaryType, String> {
+        Ok(match self.type_name.as_str() {
+            "last" => SummaryType::Last,
+            "first" => SummaryType::First,
+            "mean" => SummaryType::Mean,
+            "cls_index" => SummaryType::ClsIndex,
+            other => {
+                return Err(format!(
+                    "config.json: field `summary_type`: {other:?} is not supported; expected last, first, mean or \
+                     cls_index (transformers does not implement \"attn\")"
+                ));
+            }
+        })
+    }
+
+    /// `summary_activation` (none or empty = identity).
+    pub fn activation(&self) -> Result<Option<Activation>, String> {
+        match self.activation_name.as_deref() {
+            None | Some("") => Ok(None),
+            Some(name) => Activation::from_name(name).map(Some).ok_or_else(|| {
+                format!(
+                    "config.json: field `summary_activation`: unknown activation {name:?}; expected one of: {}",
+                    Activation::NAMES.join(", ")
+                )
+            }),
+        }
+    }
 }
 
 impl Gpt2Config {
@@ -347,6 +404,23 @@ impl Gpt2Config {
             Some(TokenIds::One(t)) => vec![token("eos_token_id", *t)?],
             Some(TokenIds::Many(ts)) => ts.iter().map(|t| token("eos_token_id", *t)).collect::<Result<_, _>>()?,
         };
+        let num_labels = match (&raw.id2label, raw.num_labels) {
+            (Some(labels), _) if !labels.is_empty() => labels.len(),
+            (_, Some(n)) => positive("num_labels", n)?,
+            _ => 2,
+        };
+        if !(raw.initializer_range.is_finite() && raw.initializer_range >= 0.0) {
+            return Err(field(
+                "initializer_range",
+                format!("must be a non-negative number, found {}", raw.initializer_range),
+            ));
+        }
+        let summary = Summary {
+            type_name: raw.summary_type.clone(),
+            use_proj: raw.summary_use_proj,
+            proj_to_labels: raw.summary_proj_to_labels,
+            activation_name: raw.summary_activation.clone(),
+        };
         Ok(Gpt2Config {
             vocab_size,
             n_positions,
@@ -367,6 +441,9 @@ impl Gpt2Config {
             eos_token_ids,
             pad_token_id,
             architectures: raw.architectures.clone().unwrap_or_default(),
+            num_labels,
+            summary,
+            initializer_range: raw.initializer_range,
         })
     }
 }

@@ -5,13 +5,14 @@
 //! `model.safetensors.index.json`; both are memory-mapped and never copied.
 
 pub mod config;
+pub mod random_init;
 pub mod safetensors;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use config::{Activation, ConfigError, Gpt2Config};
+pub use config::{Activation, ConfigError, Gpt2Config, Summary, SummaryType};
 pub use weights::{InMemoryWeights, SafetensorsWeights, WeightError, WeightSource, Weights};
 
 /// Tokenizer and generation files carried into an export when present.
@@ -44,6 +45,8 @@ pub enum CheckpointError {
 /// An opened checkpoint.
 pub struct Checkpoint {
     pub dir: PathBuf,
+    /// The config.json read (copied into the export byte for byte).
+    pub config_path: PathBuf,
     pub config: Gpt2Config,
     /// config.json as written, for copying into the export.
     pub config_json: serde_json::Map<String, serde_json::Value>,
@@ -79,12 +82,41 @@ impl Checkpoint {
             };
             return Err(CheckpointError::MissingWeights { dir: dir.into(), extra: extra.into() });
         };
-        Ok(Checkpoint { dir: dir.into(), config, config_json, weights: Weights::new(source) })
+        Ok(Checkpoint { dir: dir.into(), config_path, config, config_json, weights: Weights::new(source) })
+    }
+
+    /// A checkpoint from a config alone (`config` is a config.json file, or a folder holding one),
+    /// with weights initialised as transformers initialises `task`'s model class, from `seed`.
+    pub fn random(config: &Path, task: Option<crate::gpt2::Task>, seed: u64) -> Result<Checkpoint, CheckpointError> {
+        let config_path = if config.is_dir() { config.join("config.json") } else { config.to_path_buf() };
+        if !config_path.is_file() {
+            return Err(CheckpointError::MissingConfig(config_path));
+        }
+        let (parsed, config_json) = Gpt2Config::load(&config_path)?;
+        let task = match task {
+            Some(t) => t,
+            None => crate::gpt2::Task::from_architectures(&parsed.architectures).map_err(|message| {
+                CheckpointError::Config(ConfigError::Field {
+                    path: config_path.clone(),
+                    field: "architectures".into(),
+                    message,
+                })
+            })?,
+        };
+        let weights = random_init::random_weights(&parsed, task, seed);
+        let dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Checkpoint { dir, config_path, config: parsed, config_json, weights: Weights::new(Arc::new(weights)) })
     }
 
     /// Builds a checkpoint from a config and in-memory weights (tests).
     pub fn from_parts(config_text: &str, source: Arc<dyn WeightSource>) -> Result<Checkpoint, CheckpointError> {
         let (config, config_json) = Gpt2Config::parse(Path::new("config.json"), config_text)?;
-        Ok(Checkpoint { dir: PathBuf::new(), config, config_json, weights: Weights::new(source) })
+        Ok(Checkpoint {
+            dir: PathBuf::new(),
+            config_path: PathBuf::from("config.json"),
+            config,
+            config_json,
+            weights: Weights::new(source),
+        })
     }
 }

@@ -3,27 +3,43 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, OPSETS, Part, Precision, Quantize, Target};
+use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, OPSETS, Part, Precision, Quantize, Target, Task};
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_compiler::{ExportOptions, Progress, export};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Compile a Hugging Face GPT-2 checkpoint into an ONNX export folder.
 ///
-/// The folder gets model.onnx (optimum's text-generation-with-past interface: input_ids,
+/// The folder gets model.onnx (by default optimum's text-generation-with-past interface: input_ids,
 /// attention_mask, position_ids and past_key_values.{i}.key/.value in; logits and
 /// present.{i}.key/.value out; a past length of 0 is valid, so one graph serves prefill and
-/// decode), config.json, generation_config.json and the tokenizer files. ONNX Runtime,
-/// optimum's ORTModelForCausalLM and `gpt2c generate` load it as is.
+/// decode; see --task for the other heads), config.json, generation_config.json and the tokenizer
+/// files. ONNX Runtime, optimum's ORTModelForCausalLM and `gpt2c generate` load it as is.
 ///
 /// The export is written to a temporary folder and renamed into place when complete: a failed
 /// export leaves nothing behind.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  gpt2c export models/tiny-default -o out/tiny")]
+#[command(after_help = "Examples:\n  gpt2c export models/tiny-default -o out/tiny\n  \
+                         gpt2c export --config gpt2-xl.json --random-init --seed 0 -o out/xl-random")]
 pub struct ExportArgs {
     /// Checkpoint folder: config.json, model.safetensors (or model.safetensors.index.json with its
-    /// shards) and tokenizer files, as saved by transformers' save_pretrained.
-    pub model: PathBuf,
+    /// shards) and tokenizer files, as saved by transformers' save_pretrained. Not needed with
+    /// --config.
+    pub model: Option<PathBuf>,
+
+    /// A config.json to build from with --random-init, instead of a checkpoint folder.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Ignore any weights: initialise them as transformers initialises a fresh model of the config
+    /// (normal(0, initializer_range), residual projections scaled by 1/sqrt(2·n_layer), biases 0,
+    /// LayerNorm 1/0), from --seed. For testing deployment pipelines and benchmarking shapes.
+    #[arg(long)]
+    pub random_init: bool,
+
+    /// Seed of --random-init.
+    #[arg(long, default_value_t = 0, requires = "random_init")]
+    pub seed: u64,
 
     /// Output folder. Must not exist, or be empty (see --force).
     #[arg(short, long)]
@@ -55,6 +71,14 @@ pub struct ExportArgs {
     /// Parts left unquantized, comma-separated: attn, mlp, lm_head, embedding.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(Part))]
     pub quantize_skip: Vec<Part>,
+
+    /// What the graph computes, with optimum's task names. Default: what config.json's
+    /// `architectures` implies (GPT2LMHeadModel → text-generation-with-past, GPT2Model →
+    /// feature-extraction, GPT2ForSequenceClassification → text-classification,
+    /// GPT2ForTokenClassification → token-classification, GPT2ForQuestionAnswering →
+    /// question-answering, GPT2DoubleHeadsModel → multiple-choice; none → text-generation-with-past).
+    #[arg(long, value_enum)]
+    pub task: Option<Task>,
 
     /// Runtime the graph is shaped for: `portable` (standard ONNX operators, runs everywhere,
     /// tract included) or `ort` (may use ONNX Runtime's com.microsoft operators).
@@ -95,15 +119,27 @@ impl ExportArgs {
             anyhow::bail!("--opset {opset}: {needs} needs opset {min_opset} or later");
         }
         Ok(ExportOptions {
-            graph: GraphOptions { opset, precision },
+            graph: GraphOptions { opset, precision, task: self.task },
             external_data: self.external_data,
             force: self.force,
+            random_init: self.random_init.then_some(self.seed),
         })
+    }
+
+    /// The checkpoint folder, or the config --random-init builds from.
+    fn source(&self) -> anyhow::Result<&std::path::Path> {
+        match (&self.model, &self.config, self.random_init) {
+            (Some(_), Some(_), _) => anyhow::bail!("give either a checkpoint folder or --config, not both"),
+            (None, Some(_), false) => anyhow::bail!("--config builds a model from a config alone: add --random-init"),
+            (Some(m), None, _) | (None, Some(m), true) => Ok(m),
+            (None, None, _) => anyhow::bail!("give a checkpoint folder (or --config FILE --random-init)"),
+        }
     }
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let options = args.plan()?;
+    args.source()?;
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     let mut on_progress = |p: Progress| match p {
         Progress::Step(step) => bar.set_message(step),
@@ -120,7 +156,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         Progress::WriteDone => bar.set_style(ProgressStyle::default_spinner()),
     };
     // Library errors already name the file or field at fault: print them as they are.
-    let result = export(&args.model, &args.output, &options, &mut on_progress);
+    let result = export(args.source()?, &args.output, &options, &mut on_progress);
     bar.finish_and_clear();
     let summary = result?;
     for w in &summary.warnings {
@@ -128,9 +164,10 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     if !args.quiet {
         println!(
-            "exported {} parameters ({} layers) to {} in {:.2} s: {} in {} files ({}){}",
+            "exported {} parameters ({} layers, {}) to {} in {:.2} s: {} in {} files ({}){}",
             human_count(summary.parameters),
             summary.n_layer,
+            summary.task.name(),
             summary.out_dir.display(),
             summary.seconds,
             human_bytes(summary.total_bytes),

@@ -90,7 +90,7 @@ pub(crate) fn self_attention(
     layer: usize,
     scope: &str,
     x: ValueId,
-    past: (ValueId, ValueId),
+    past: Option<(ValueId, ValueId)>,
     mask_bias: ValueId,
 ) -> Result<(ValueId, (ValueId, ValueId)), BuildError> {
     let c = ctx.c;
@@ -110,11 +110,15 @@ pub(crate) fn self_attention(
     let k = heads(b, k)?;
     let v = heads(b, v)?;
     let dtype = b.ty(q).dtype;
-    let io = b.ty(past.0).dtype;
-    let past_k = cast_to(b, past.0, dtype)?;
-    let past_v = cast_to(b, past.1, dtype)?;
-    let key = b.concat(&[past_k, k], 2)?;
-    let value = b.concat(&[past_v, v], 2)?;
+    let io = past.map_or(ctx.p.io(), |(k, _)| b.ty(k).dtype);
+    let (key, value) = match past {
+        Some((past_k, past_v)) => {
+            let past_k = cast_to(b, past_k, dtype)?;
+            let past_v = cast_to(b, past_v, dtype)?;
+            (b.concat(&[past_k, k], 2)?, b.concat(&[past_v, v], 2)?)
+        }
+        None => (k, v),
+    };
     let present = (cast_to(b, key, io)?, cast_to(b, value, io)?);
 
     let scale = score_scale(c, layer);

@@ -1,6 +1,11 @@
 //! The export contract: names, element types and dimension names of the
 //! graph's inputs and outputs, matching optimum's `text-generation-with-past`
 //! export (which transformers.js and onnxruntime-genai's decoder type read).
+//! Other tasks ([`Task`]) keep the names and drop or change what they must:
+//! without a cache there are no past/present tensors and `attention_mask` is
+//! `[batch_size, sequence_length]`; tasks without `position_ids` number
+//! positions from 0; `multiple-choice` takes `[batch_size, num_choices,
+//! sequence_length]` ids and mask and `mc_token_ids` `[batch_size, num_choices]`.
 //!
 //! | name | type | shape |
 //! |---|---|---|
@@ -11,12 +16,14 @@
 //! | `logits` (out) | float | `[batch_size, sequence_length, vocab_size]` |
 //! | `present.{i}.key` / `.value` (out) | float | `[batch_size, n_head, past_sequence_length + sequence_length, head_dim]` |
 
+use super::task::Task;
 use crate::checkpoint::Gpt2Config;
 use crate::ir::{DType, Dim, GraphBuilder, GraphError, ValueId, ValueType};
 
 pub const BATCH: &str = "batch_size";
 pub const SEQUENCE: &str = "sequence_length";
 pub const PAST: &str = "past_sequence_length";
+pub const CHOICES: &str = "num_choices";
 
 pub fn past_key(i: usize) -> String {
     format!("past_key_values.{i}.key")
@@ -44,37 +51,66 @@ fn cache_type(c: &Gpt2Config, dtype: DType, length: Dim) -> ValueType {
 pub struct Inputs {
     pub input_ids: ValueId,
     pub attention_mask: ValueId,
-    pub position_ids: ValueId,
-    /// Per layer: (past key, past value).
+    /// Absent for tasks that number positions from 0.
+    pub position_ids: Option<ValueId>,
+    /// Per layer: (past key, past value); empty without a cache.
     pub past: Vec<(ValueId, ValueId)>,
+    /// `multiple-choice` only.
+    pub mc_token_ids: Option<ValueId>,
 }
 
-/// Declares the contract's inputs.
-pub fn declare_inputs(b: &mut GraphBuilder, c: &Gpt2Config, dtype: DType) -> Result<Inputs, GraphError> {
-    let tokens = ValueType::new(DType::I64, vec![Dim::sym(BATCH), Dim::sym(SEQUENCE)]);
+/// The batch dimension of `task`'s inputs: 1 for text classification without `pad_token_id`
+/// (transformers refuses larger batches then: it cannot find each row's last token).
+pub fn batch_dim(c: &Gpt2Config, task: Task) -> Dim {
+    if task == Task::TextClassification && c.pad_token_id.is_none() { Dim::fixed(1) } else { Dim::sym(BATCH) }
+}
+
+/// Declares `task`'s inputs.
+pub fn declare_inputs(b: &mut GraphBuilder, c: &Gpt2Config, dtype: DType, task: Task) -> Result<Inputs, GraphError> {
+    let batch = batch_dim(c, task);
+    let lead = if task == Task::MultipleChoice { vec![batch.clone(), Dim::sym(CHOICES)] } else { vec![batch.clone()] };
+    let tokens = ValueType::new(DType::I64, [lead.clone(), vec![Dim::sym(SEQUENCE)]].concat());
     let input_ids = b.input("input_ids", tokens.clone())?;
+    let mask_len = if task.with_past() { total_length() } else { Dim::sym(SEQUENCE) };
     let attention_mask =
-        b.input("attention_mask", ValueType::new(DType::I64, vec![Dim::sym(BATCH), total_length()]))?;
-    let position_ids = b.input("position_ids", tokens)?;
-    let past = (0..c.n_layer)
-        .map(|i| {
-            let ty = cache_type(c, dtype, Dim::sym(PAST));
-            Ok((b.input(&past_key(i), ty.clone())?, b.input(&past_value(i), ty)?))
-        })
-        .collect::<Result<_, GraphError>>()?;
-    Ok(Inputs { input_ids, attention_mask, position_ids, past })
+        b.input("attention_mask", ValueType::new(DType::I64, [lead.clone(), vec![mask_len]].concat()))?;
+    let position_ids = if task.takes_position_ids() { Some(b.input("position_ids", tokens)?) } else { None };
+    let past = if task.with_past() {
+        (0..c.n_layer)
+            .map(|i| {
+                let ty = cache_type(c, dtype, Dim::sym(PAST));
+                Ok((b.input(&past_key(i), ty.clone())?, b.input(&past_value(i), ty)?))
+            })
+            .collect::<Result<_, GraphError>>()?
+    } else {
+        Vec::new()
+    };
+    let mc_token_ids = if task == Task::MultipleChoice {
+        Some(b.input("mc_token_ids", ValueType::new(DType::I64, lead))?)
+    } else {
+        None
+    };
+    Ok(Inputs { input_ids, attention_mask, position_ids, past, mc_token_ids })
 }
 
-/// Declares the contract's outputs: `logits`, then every layer's present key and value.
-pub fn declare_outputs(
+/// Declares a task output `name` with its dims (the element type is the graph's float I/O type).
+pub fn declare_output(
+    b: &mut GraphBuilder,
+    v: ValueId,
+    name: &str,
+    dtype: DType,
+    dims: Vec<Dim>,
+) -> Result<(), GraphError> {
+    b.output(v, name, &ValueType::new(dtype, dims))
+}
+
+/// Declares every layer's present key and value.
+pub fn declare_presents(
     b: &mut GraphBuilder,
     c: &Gpt2Config,
     dtype: DType,
-    logits: ValueId,
     presents: &[(ValueId, ValueId)],
 ) -> Result<(), GraphError> {
-    let logits_ty = ValueType::new(dtype, vec![Dim::sym(BATCH), Dim::sym(SEQUENCE), Dim::fixed(c.vocab_size as i64)]);
-    b.output(logits, "logits", &logits_ty)?;
     for (i, &(k, v)) in presents.iter().enumerate() {
         let ty = cache_type(c, dtype, total_length());
         b.output(k, &present_key(i), &ty)?;

@@ -10,15 +10,18 @@
 pub mod attention;
 pub mod contract;
 pub mod fused;
+pub mod heads;
 pub(crate) mod linear;
 pub mod mlp;
 pub mod precision;
+pub mod task;
 
 pub use linear::single_linear_graph;
 pub use precision::{FloatType, Part, Precision, Quantize, Target};
+pub use task::Task;
 
 use crate::checkpoint::{Checkpoint, WeightError, Weights};
-use crate::ir::{DType, Graph, GraphBuilder, GraphError, ValueId};
+use crate::ir::{DType, Dim, Graph, GraphBuilder, GraphError, ValueId};
 use linear::{Ctx, Table, cast_to, in_dtype};
 
 /// Opsets the graph can be emitted in.
@@ -37,6 +40,8 @@ pub enum BuildError {
     Opset(i64),
     #[error("{0}")]
     Precision(String),
+    #[error("{0}")]
+    Task(String),
 }
 
 /// Choices that shape the graph.
@@ -44,15 +49,28 @@ pub enum BuildError {
 pub struct GraphOptions {
     pub opset: i64,
     pub precision: Precision,
+    /// What the graph computes; `None`: the task config.json's `architectures` implies.
+    pub task: Option<Task>,
 }
 
 impl Default for GraphOptions {
     fn default() -> Self {
-        GraphOptions { opset: DEFAULT_OPSET, precision: Precision::default() }
+        GraphOptions { opset: DEFAULT_OPSET, precision: Precision::default(), task: None }
     }
 }
 
-/// Builds `GPT2LMHeadModel` with past key/values.
+impl GraphOptions {
+    /// The task to build for `config`.
+    pub fn task_for(&self, config: &crate::checkpoint::Gpt2Config) -> Result<Task, BuildError> {
+        match self.task {
+            Some(t) => Ok(t),
+            None => Task::from_architectures(&config.architectures).map_err(BuildError::Task),
+        }
+    }
+}
+
+/// Builds the graph of `options.task` (by default the task the checkpoint's `architectures`
+/// implies; `GPT2LMHeadModel` with past key/values for most checkpoints).
 ///
 /// The residual stream, LayerNorms, the attention mask and softmax stay in
 /// f32 in every format; matmuls and their weights use the compute type
@@ -71,39 +89,118 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     let w = &ckpt.weights;
     let ctx = Ctx { w, c, p };
     let compute = p.compute();
+    let task = options.task_for(c)?;
     let mut b = GraphBuilder::new("gpt2c", options.opset);
-    let io = contract::declare_inputs(&mut b, c, p.io())?;
+    let io = contract::declare_inputs(&mut b, c, p.io(), task)?;
+    // Multiple choice runs every (batch, choice) pair as one row: [batch·choices, sequence].
+    let (ids, attention_mask) = if task == Task::MultipleChoice {
+        let flatten = |b: &mut GraphBuilder, x: ValueId| -> Result<ValueId, GraphError> {
+            let shape = b.shape_of(x)?;
+            let last = b.const_i64(&[2])?;
+            let seq = b.gather(shape, last, 0)?;
+            let rows = b.const_i64(&[-1])?;
+            let target = b.concat(&[rows, seq], 0)?;
+            b.node1(crate::ir::Op::Reshape, &[x, target])
+        };
+        (flatten(&mut b, io.input_ids)?, flatten(&mut b, io.attention_mask)?)
+    } else {
+        (io.input_ids, io.attention_mask)
+    };
 
     let mut wte = Table::new("wte", w.body("wte.weight", &[c.vocab_size, c.n_embd])?);
     let h = b.scoped("embeddings", |b| {
-        let tokens = b.scoped("wte", |b| wte.embed(b, &ctx, io.input_ids))?;
+        let tokens = b.scoped("wte", |b| wte.embed(b, &ctx, ids))?;
         let wpe = in_dtype(w.body("wpe.weight", &[c.n_positions, c.n_embd])?, compute, "wpe")?;
         let wpe = b.initializer("wpe.weight", wpe)?;
         let positions = b.scoped("wpe", |b| {
-            let rows = b.gather(wpe, io.position_ids, 0)?;
+            // Without position_ids, positions 0.. as transformers numbers them then.
+            let position_ids = match io.position_ids {
+                Some(p) => p,
+                None => {
+                    let seq = b.dim_of(ids, 1)?;
+                    let (zero, one) = (b.scalar_i64(0)?, b.scalar_i64(1)?);
+                    let range = b.range(zero, seq, one)?;
+                    b.unsqueeze(range, &[0])?
+                }
+            };
+            let rows = b.gather(wpe, position_ids, 0)?;
             cast_to(b, rows, DType::F32)
         })?;
         Ok::<_, BuildError>(b.add(tokens, positions)?)
     })?;
-    let mask =
-        b.scoped("attention_mask", |b| attention::attention_bias(b, io.input_ids, io.attention_mask, DType::F32))?;
+    let mask = b.scoped("attention_mask", |b| attention::attention_bias(b, ids, attention_mask, DType::F32))?;
 
-    let (h, presents) = if fused::applies(p) {
+    let (h, presents) = if fused::applies(p) && task.with_past() {
         fused::blocks(&mut b, &ctx, h, mask, &io.past)?
     } else {
         portable_blocks(&mut b, &ctx, h, mask, &io.past)?
     };
-    let logits = b.scoped("lm_head", |b| {
-        let h = cast_to(b, h, compute)?;
-        // Tied (the default): the head reads wte, stored once.
-        let logits = if c.tie_word_embeddings {
-            wte.head(b, &ctx, h)?
-        } else {
-            Table::new("lm_head", w.get("lm_head.weight", &[c.vocab_size, c.n_embd])?).head(b, &ctx, h)?
-        };
-        Ok::<_, BuildError>(cast_to(b, logits, p.io())?)
-    })?;
-    contract::declare_outputs(&mut b, c, p.io(), logits, &presents)?;
+    let io_type = p.io();
+    let (batch, seq) = (contract::batch_dim(c, task), Dim::sym(contract::SEQUENCE));
+    let lm_logits = |b: &mut GraphBuilder, wte: &mut Table| {
+        b.scoped("lm_head", |b| {
+            let h = cast_to(b, h, compute)?;
+            // Tied (the default): the head reads wte, stored once.
+            let logits = if c.tie_word_embeddings {
+                wte.head(b, &ctx, h)?
+            } else {
+                Table::new("lm_head", w.get("lm_head.weight", &[c.vocab_size, c.n_embd])?).head(b, &ctx, h)?
+            };
+            Ok::<_, BuildError>(cast_to(b, logits, io_type)?)
+        })
+    };
+    let vocab = Dim::fixed(c.vocab_size as i64);
+    let labels = Dim::fixed(c.num_labels as i64);
+    match task {
+        Task::TextGeneration | Task::TextGenerationWithPast => {
+            let logits = lm_logits(&mut b, &mut wte)?;
+            contract::declare_output(&mut b, logits, "logits", io_type, vec![batch, seq, vocab])?;
+        }
+        Task::FeatureExtraction | Task::FeatureExtractionWithPast => {
+            let hidden = cast_to(&mut b, h, io_type)?;
+            let width = Dim::fixed(c.n_embd as i64);
+            contract::declare_output(&mut b, hidden, "last_hidden_state", io_type, vec![batch, seq, width])?;
+        }
+        Task::TextClassification => {
+            let logits = b.scoped("score", |b| heads::sequence_classification(b, &ctx, ids, h))?;
+            let logits = cast_to(&mut b, logits, io_type)?;
+            contract::declare_output(&mut b, logits, "logits", io_type, vec![batch, labels])?;
+        }
+        Task::TokenClassification => {
+            let logits = b.scoped("classifier", |b| heads::token_classification(b, &ctx, h))?;
+            let logits = cast_to(&mut b, logits, io_type)?;
+            contract::declare_output(&mut b, logits, "logits", io_type, vec![batch, seq, labels])?;
+        }
+        Task::QuestionAnswering => {
+            let (start, end) = b.scoped("qa_outputs", |b| heads::question_answering(b, &ctx, h))?;
+            let (start, end) = (cast_to(&mut b, start, io_type)?, cast_to(&mut b, end, io_type)?);
+            contract::declare_output(&mut b, start, "start_logits", io_type, vec![batch.clone(), seq.clone()])?;
+            contract::declare_output(&mut b, end, "end_logits", io_type, vec![batch, seq])?;
+        }
+        Task::MultipleChoice => {
+            let mc_token_ids =
+                io.mc_token_ids.ok_or_else(|| BuildError::Task("multiple-choice needs mc_token_ids".into()))?;
+            // Back to [batch, choices, sequence, ...].
+            let unflatten = |b: &mut GraphBuilder, x: ValueId, last: i64| -> Result<ValueId, GraphError> {
+                let shape = b.shape_of(io.input_ids)?;
+                let tail = b.const_i64(&[last])?;
+                let target = b.concat(&[shape, tail], 0)?;
+                b.node1(crate::ir::Op::Reshape, &[x, target])
+            };
+            let logits = lm_logits(&mut b, &mut wte)?;
+            let logits = unflatten(&mut b, logits, c.vocab_size as i64)?;
+            let h4 = unflatten(&mut b, h, c.n_embd as i64)?;
+            let (mc, dims) =
+                b.scoped("multiple_choice_head", |b| heads::multiple_choice(b, &ctx, h4, h, mc_token_ids))?;
+            let mc = cast_to(&mut b, mc, io_type)?;
+            let choices = Dim::sym(contract::CHOICES);
+            contract::declare_output(&mut b, logits, "logits", io_type, vec![batch, choices, seq, vocab])?;
+            contract::declare_output(&mut b, mc, "mc_logits", io_type, dims)?;
+        }
+    }
+    if task.with_past() {
+        contract::declare_presents(&mut b, c, io_type, &presents)?;
+    }
     Ok(b.finish())
 }
 
@@ -118,7 +215,8 @@ fn portable_blocks(
 ) -> Result<(ValueId, Vec<(ValueId, ValueId)>), BuildError> {
     let (c, w, compute) = (ctx.c, ctx.w, ctx.p.compute());
     let mut presents = Vec::with_capacity(c.n_layer);
-    for (i, &past) in past.iter().enumerate().take(c.n_layer) {
+    for i in 0..c.n_layer {
+        let past = past.get(i).copied();
         let (next, present) = b.scoped(&format!("h.{i}"), |b| {
             let prefix = format!("h.{i}");
             let x = layer_norm(b, w, &format!("{prefix}.ln_1"), h, c.n_embd, c.layer_norm_epsilon)?;

@@ -341,12 +341,16 @@ impl GraphBuilder {
 
     /// Mean over the last axis, keeping it (attribute axes before opset 18, input after).
     pub fn reduce_mean_last(&mut self, x: ValueId) -> Result<ValueId> {
-        if self.opset() >= 18 {
-            let axes = self.const_i64(&[-1])?;
-            self.node1(Op::ReduceMean { axes: None, keepdims: true }, &[x, axes])
-        } else {
-            self.node1(Op::ReduceMean { axes: Some(vec![-1]), keepdims: true }, &[x])
-        }
+        self.reduce(false, x, &[-1], true)
+    }
+
+    /// ReduceMean (`max` false) or ReduceMax over `axes`, in the form the opset takes.
+    pub fn reduce(&mut self, max: bool, x: ValueId, axes: &[i64], keepdims: bool) -> Result<ValueId> {
+        let (attr, input) =
+            if self.opset() >= 18 { (None, Some(self.const_i64(axes)?)) } else { (Some(axes.to_vec()), None) };
+        let op = if max { Op::ReduceMax { axes: attr, keepdims } } else { Op::ReduceMean { axes: attr, keepdims } };
+        let inputs: Vec<ValueId> = std::iter::once(x).chain(input).collect();
+        self.node1(op, &inputs)
     }
 }
 

@@ -83,6 +83,11 @@ pub enum Op {
         axes: Option<Vec<i64>>,
         keepdims: bool,
     },
+    /// As ReduceMean (the axes attribute before opset 18, an input from 18).
+    ReduceMax {
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+    },
     // Quantization.
     /// x (float) → (uint8 values, float scale, uint8 zero point), computed at run time.
     DynamicQuantizeLinear,
@@ -165,6 +170,7 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::LayerNormalization { .. } => "LayerNormalization",
             Op::ReduceMean { .. } => "ReduceMean",
+            Op::ReduceMax { .. } => "ReduceMax",
             Op::DynamicQuantizeLinear => "DynamicQuantizeLinear",
             Op::MatMulInteger => "MatMulInteger",
             Op::DequantizeLinear { .. } => "DequantizeLinear",
@@ -187,7 +193,7 @@ impl Op {
     pub fn min_opset(&self) -> i64 {
         match self {
             Op::LayerNormalization { .. } => 17,
-            Op::ReduceMean { axes: None, .. } => 18,
+            Op::ReduceMean { axes: None, .. } | Op::ReduceMax { axes: None, .. } => 18,
             Op::DequantizeLinear { block_size, .. } if *block_size > 0 => 21,
             Op::MatMulNBits { .. } | Op::SkipLayerNormalization { .. } | Op::FastGelu => 1,
             Op::Attention { .. } => 23,
@@ -198,7 +204,7 @@ impl Op {
     /// The last opset where the form is valid (ReduceMean's axes attribute was removed in 18).
     pub fn max_opset(&self) -> i64 {
         match self {
-            Op::ReduceMean { axes: Some(_), .. } => 17,
+            Op::ReduceMean { axes: Some(_), .. } | Op::ReduceMax { axes: Some(_), .. } => 17,
             _ => i64::MAX,
         }
     }
@@ -218,7 +224,7 @@ impl Op {
             Op::LayerNormalization { axis, epsilon } => {
                 vec![("axis", AttrValue::Int(*axis)), ("epsilon", AttrValue::Float(*epsilon))]
             }
-            Op::ReduceMean { axes, keepdims } => {
+            Op::ReduceMean { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
                 let mut attrs = Vec::new();
                 if let Some(axes) = axes {
                     attrs.push(("axes", AttrValue::Ints(axes.clone())));
@@ -265,8 +271,8 @@ impl Op {
             Op::Where | Op::Clip | Op::Range | Op::LayerNormalization { .. } => (3, 3),
             Op::Gemm { .. } => (2, 3),
             Op::Concat { .. } => (1, usize::MAX),
-            Op::ReduceMean { axes: Some(_), .. } => (1, 1),
-            Op::ReduceMean { axes: None, .. } => (2, 2),
+            Op::ReduceMean { axes: Some(_), .. } | Op::ReduceMax { axes: Some(_), .. } => (1, 1),
+            Op::ReduceMean { axes: None, .. } | Op::ReduceMax { axes: None, .. } => (2, 2),
             Op::DynamicQuantizeLinear => (1, 1),
             Op::MatMulInteger => (4, 4),
             Op::DequantizeLinear { .. } => (2, 3),
@@ -580,7 +586,7 @@ pub fn infer(op: &Op, inputs: &[InferInput<'_>]) -> Result<Inferred, String> {
             }
             Ok(vec![(ty(0).clone(), None)])
         }
-        Op::ReduceMean { axes, keepdims } => {
+        Op::ReduceMean { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
             let axes: Vec<i64> = match axes {
                 Some(a) => a.clone(),
                 None => inputs[1]
@@ -710,6 +716,13 @@ fn reshape(input: &[Dim], target: &[Dim]) -> Result<Shape, String> {
     let product = |dims: &[Dim]| dims.iter().try_fold(1i64, |acc, d| d.as_fixed().map(|n| acc * n));
     match (product(&rest_in), product(&rest_out), infer_at) {
         (Some(a), Some(b), Some(i)) if b > 0 && a % b == 0 => out[i] = Dim::fixed(a / b),
+        // Symbols merged into one dim (batch × choices): a symbol named after the product.
+        (None, Some(1), Some(i)) => {
+            out[i] = match rest_in.as_slice() {
+                [one] => one.clone(),
+                dims => Dim::sym(&dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("*")),
+            }
+        }
         (_, _, Some(_)) => return Err("Reshape with -1 is only inferred over known dims".into()),
         (Some(a), Some(b), None) if a != b => {
             return Err(format!(

@@ -1,0 +1,155 @@
+//! Weights for a config alone, initialised as transformers initialises a fresh
+//! `GPT2LMHeadModel(GPT2Config(...))` (4.57 `GPT2PreTrainedModel._init_weights`):
+//! linear, Conv1D and embedding weights normal(0, `initializer_range`), the
+//! residual projections `attn.c_proj` / `mlp.c_proj` normal(0,
+//! `initializer_range / sqrt(2·n_layer)`), biases zero, LayerNorm weight one
+//! and bias zero. For testing deployment pipelines and benchmarking shapes
+//! (gpt2-xl) without downloading weights; the values are gpt2c's own (seeded
+//! xoshiro256** with Box–Muller normals), not torch's random stream.
+
+use super::config::Gpt2Config;
+use super::weights::InMemoryWeights;
+use crate::gpt2::Task;
+
+/// splitmix64: seeds per tensor from (seed, name), so a tensor's values do not depend on the others.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Normal {
+    s: [u64; 4],
+    spare: Option<f64>,
+}
+
+impl Normal {
+    fn new(seed: u64, name: &str) -> Normal {
+        let mut x = name.bytes().fold(splitmix(seed), |h, b| splitmix(h ^ u64::from(b)));
+        let mut next = || {
+            x = splitmix(x);
+            x
+        };
+        Normal { s: [next(), next(), next(), next()], spare: None }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A standard normal draw (Box–Muller, both values used).
+    fn sample(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let (u, v) = (self.uniform(), self.uniform());
+        let r = (-2.0 * u.ln()).sqrt();
+        let theta = 2.0 * std::f64::consts::PI * v;
+        self.spare = Some(r * theta.sin());
+        r * theta.cos()
+    }
+}
+
+/// What a tensor is initialised to.
+enum Init {
+    Normal(f64),
+    Zeros,
+    Ones,
+}
+
+/// The tensors of `task`'s transformers class for `config`, initialised as transformers does.
+pub fn random_weights(c: &Gpt2Config, task: Task, seed: u64) -> InMemoryWeights {
+    let std = c.initializer_range;
+    let residual = std / ((2 * c.n_layer) as f64).sqrt();
+    let (e, inner) = (c.n_embd, c.n_inner);
+    let mut tensors: Vec<(String, Vec<usize>, Init)> = vec![
+        ("wte.weight".into(), vec![c.vocab_size, e], Init::Normal(std)),
+        ("wpe.weight".into(), vec![c.n_positions, e], Init::Normal(std)),
+    ];
+    for i in 0..c.n_layer {
+        let p = format!("h.{i}");
+        for ln in ["ln_1", "ln_2"] {
+            tensors.push((format!("{p}.{ln}.weight"), vec![e], Init::Ones));
+            tensors.push((format!("{p}.{ln}.bias"), vec![e], Init::Zeros));
+        }
+        let linears = [
+            ("attn.c_attn", e, 3 * e, std),
+            ("attn.c_proj", e, e, residual),
+            ("mlp.c_fc", e, inner, std),
+            ("mlp.c_proj", inner, e, residual),
+        ];
+        for (name, n_in, n_out, sd) in linears {
+            tensors.push((format!("{p}.{name}.weight"), vec![n_in, n_out], Init::Normal(sd)));
+            tensors.push((format!("{p}.{name}.bias"), vec![n_out], Init::Zeros));
+        }
+    }
+    tensors.push(("ln_f.weight".into(), vec![e], Init::Ones));
+    tensors.push(("ln_f.bias".into(), vec![e], Init::Zeros));
+    let labels = c.num_labels;
+    let head = |name: &str, n_out: usize, bias: bool| {
+        let mut t = vec![(format!("{name}.weight"), vec![n_out, e], Init::Normal(std))];
+        if bias {
+            t.push((format!("{name}.bias"), vec![n_out], Init::Zeros));
+        }
+        t
+    };
+    match task {
+        Task::TextGeneration | Task::TextGenerationWithPast | Task::MultipleChoice if !c.tie_word_embeddings => {
+            tensors.extend(head("lm_head", c.vocab_size, false));
+        }
+        Task::TextClassification => tensors.extend(head("score", labels, false)),
+        Task::TokenClassification => tensors.extend(head("classifier", labels, true)),
+        Task::QuestionAnswering => tensors.extend(head("qa_outputs", 2, true)),
+        _ => {}
+    }
+    if task == Task::MultipleChoice && c.summary.use_proj {
+        let classes = if c.summary.proj_to_labels && labels > 0 { labels } else { e };
+        tensors.extend(head("multiple_choice_head.summary", classes, true));
+    }
+    let mut weights = InMemoryWeights::new();
+    for (name, shape, init) in tensors {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = match init {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Normal(sd) => {
+                let mut rng = Normal::new(seed, &name);
+                (0..n).map(|_| (rng.sample() * sd) as f32).collect()
+            }
+        };
+        weights.insert_f32(&name, &shape, &values);
+    }
+    weights
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normals_have_the_asked_moments() {
+        let mut rng = Normal::new(7, "x");
+        let n = 200_000;
+        let xs: Vec<f64> = (0..n).map(|_| rng.sample()).collect();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "mean {mean}, var {var}");
+        assert_ne!(Normal::new(7, "x").sample(), Normal::new(7, "y").sample());
+        assert_eq!(Normal::new(7, "x").sample(), Normal::new(7, "x").sample());
+    }
+}
