@@ -24,13 +24,18 @@ Heads (reference inputs are in the reference file next to the outputs):
                       position_ids (q.*) then one more token fed its past (r.*) → last_hidden_state, present.*
 Activations (act-<name>, GPT2LMHeadModel, 1 layer): a 6-token prompt → logits, for every
 activation_function transformers' ACT2FN offers that GPT-2 can use.
+PyTorch pickles: tiny-bin/ is models/tiny-default saved with safe_serialization=False
+(pytorch_model.bin); evil-bin/ is a pytorch_model.bin whose pickle calls os.system to create
+/tmp/gpt2c-unpickler-canary (it must be refused without running anything).
 Initialisation (random-init/): config.json of a 4-layer model and init-stats.json, the per-tensor
 mean, standard deviation and size of transformers' fresh GPT2LMHeadModel and
 GPT2ForSequenceClassification of that config (what `--random-init` must reproduce statistically).
 """
 import json
 import os
+import pickle
 import shutil
+import zipfile
 
 import torch
 import transformers
@@ -137,6 +142,22 @@ def main():
                     "r.last_hidden_state": out_r.last_hidden_state})
         ref.update(presents(out_r.past_key_values, 2, "r"))
         save("base", m, ref)
+
+        out = os.path.join(HERE, "tiny-bin")
+        shutil.rmtree(out, ignore_errors=True)
+        GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "..", "tiny-default")).save_pretrained(out, safe_serialization=False)
+        out = os.path.join(HERE, "evil-bin")
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        shutil.copy(os.path.join(HERE, "..", "tiny-default", "config.json"), out)
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("touch /tmp/gpt2c-unpickler-canary",))
+
+        with zipfile.ZipFile(os.path.join(out, "pytorch_model.bin"), "w", zipfile.ZIP_STORED) as z:
+            z.writestr("archive/data.pkl", pickle.dumps({"transformer.wte.weight": Evil()}, protocol=2))
+            z.writestr("archive/version", "3\n")
 
         out = os.path.join(HERE, "random-init")
         shutil.rmtree(out, ignore_errors=True)

@@ -266,3 +266,33 @@ fn random_init_matches_transformers_initialisation() {
         }
     }
 }
+
+/// An older checkpoint's `pytorch_model.bin` (PyTorch zip + pickle) exports to the same bytes as the
+/// same weights in safetensors.
+#[test]
+fn pytorch_bin_exports_the_same_bytes_as_safetensors() {
+    let (_a, from_safetensors) = gpt2c_tests::export_fixture("tiny-default", &ExportOptions::default());
+    let (_b, from_bin) = export_head("tiny-bin", None);
+    let (a, b) = (
+        std::fs::read(from_safetensors.join("model.onnx")).unwrap(),
+        std::fs::read(from_bin.join("model.onnx")).unwrap(),
+    );
+    assert!(a == b, "model.onnx differs ({} vs {} bytes)", a.len(), b.len());
+}
+
+/// A pickle that references anything but tensor reconstruction (here `os.system`, pickled as
+/// `posix.system` on Linux, which would
+/// create a canary file) is refused, and nothing ran: the canary does not exist.
+#[test]
+fn a_pickle_that_calls_other_code_is_refused_and_nothing_runs() {
+    let canary = std::path::Path::new("/tmp/gpt2c-unpickler-canary");
+    let _ = std::fs::remove_file(canary);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let err = gpt2c_compiler::export(&head_fixture("evil-bin"), &out, &ExportOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pytorch_model.bin") && err.contains(".system`") && err.contains("nothing was run"), "{err}");
+    assert!(!canary.exists(), "the pickle's code ran");
+    assert!(!out.exists(), "nothing written");
+}

@@ -5,8 +5,10 @@
 //! `model.safetensors.index.json`; both are memory-mapped and never copied.
 
 pub mod config;
+pub mod pickle;
 pub mod random_init;
 pub mod safetensors;
+pub mod torch_bin;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -73,14 +75,10 @@ impl Checkpoint {
             Arc::new(SafetensorsWeights::single(&single)?)
         } else if index.is_file() {
             Arc::new(SafetensorsWeights::sharded(&index)?)
+        } else if dir.join("pytorch_model.bin").is_file() {
+            Arc::new(torch_bin::TorchBinWeights::open(&dir.join("pytorch_model.bin"))?)
         } else {
-            let extra = if dir.join("pytorch_model.bin").exists() {
-                " (pytorch_model.bin is present, but reading PyTorch pickles is not supported yet: \
-                 convert it with `safetensors` or transformers' save_pretrained)"
-            } else {
-                ""
-            };
-            return Err(CheckpointError::MissingWeights { dir: dir.into(), extra: extra.into() });
+            return Err(CheckpointError::MissingWeights { dir: dir.into(), extra: " or pytorch_model.bin".into() });
         };
         Ok(Checkpoint { dir: dir.into(), config_path, config, config_json, weights: Weights::new(source) })
     }

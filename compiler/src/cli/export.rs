@@ -23,8 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
                          gpt2c export --config gpt2-xl.json --random-init --seed 0 -o out/xl-random")]
 pub struct ExportArgs {
     /// Checkpoint folder: config.json, model.safetensors (or model.safetensors.index.json with its
-    /// shards) and tokenizer files, as saved by transformers' save_pretrained. Not needed with
-    /// --config.
+    /// shards, or an older pytorch_model.bin, read without running its pickle) and tokenizer files,
+    /// as saved by transformers' save_pretrained. Not needed with --config.
     pub model: Option<PathBuf>,
 
     /// A config.json to build from with --random-init, instead of a checkpoint folder.
