@@ -24,6 +24,10 @@ Heads (reference inputs are in the reference file next to the outputs):
                       position_ids (q.*) then one more token fed its past (r.*) → last_hidden_state, present.*
 Activations (act-<name>, GPT2LMHeadModel, 1 layer): a 6-token prompt → logits, for every
 activation_function transformers' ACT2FN offers that GPT-2 can use.
+Cross-attention (cross/, GPT2LMHeadModel with add_cross_attention, the decoder of encoder-decoder
+models): x.* a left-padded batch of two prompts with encoder_hidden_states [2, 4, 32] and an
+encoder_attention_mask masking one state → logits, present.{i}.key/value (self) and
+present.{i}.encoder.key/value (cross); y.* one more token fed x's cache → the same names.
 PyTorch pickles: tiny-bin/ is models/tiny-default saved with safe_serialization=False
 (pytorch_model.bin); evil-bin/ is a pytorch_model.bin whose pickle calls os.system to create
 /tmp/gpt2c-unpickler-canary (it must be refused without running anything).
@@ -143,6 +147,35 @@ def main():
         ref.update(presents(out_r.past_key_values, 2, "r"))
         save("base", m, ref)
 
+        torch.manual_seed(40)
+        m = GPT2LMHeadModel(config(add_cross_attention=True)).eval()
+        g = torch.Generator().manual_seed(6)
+        enc = torch.randn(2, 4, 32, generator=g)
+        enc_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+        ids, mask = left_padded(prompts[:2], 6)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = m(input_ids=ids, attention_mask=mask, position_ids=pos, encoder_hidden_states=enc,
+                encoder_attention_mask=enc_mask, use_cache=True)
+        ref = {"x.input_ids": ids, "x.attention_mask": mask, "x.position_ids": pos, "x.encoder_hidden_states": enc,
+               "x.encoder_attention_mask": enc_mask, "x.logits": out.logits}
+        cache = out.past_key_values
+        ref.update(presents(cache.self_attention_cache, 2, "x"))
+        for i in range(2):
+            ref[f"x.present.{i}.encoder.key"] = cache.cross_attention_cache.layers[i].keys.clone()
+            ref[f"x.present.{i}.encoder.value"] = cache.cross_attention_cache.layers[i].values.clone()
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        mask_y = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        pos_y = pos[:, -1:] + 1
+        out_y = m(input_ids=nxt, attention_mask=mask_y, position_ids=pos_y, encoder_hidden_states=enc,
+                  encoder_attention_mask=enc_mask, past_key_values=cache, use_cache=True)
+        ref.update({"y.input_ids": nxt, "y.attention_mask": mask_y, "y.position_ids": pos_y, "y.logits": out_y.logits,
+                    "y.encoder_attention_mask": enc_mask.clone()})
+        ref.update(presents(out_y.past_key_values.self_attention_cache, 2, "y"))
+        for i in range(2):
+            ref[f"y.present.{i}.encoder.key"] = out_y.past_key_values.cross_attention_cache.layers[i].keys.clone()
+            ref[f"y.present.{i}.encoder.value"] = out_y.past_key_values.cross_attention_cache.layers[i].values.clone()
+        save("cross", m, ref)
+
         out = os.path.join(HERE, "tiny-bin")
         shutil.rmtree(out, ignore_errors=True)
         GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "..", "tiny-default")).save_pretrained(out, safe_serialization=False)
@@ -156,8 +189,9 @@ def main():
                 return (os.system, ("touch /tmp/gpt2c-unpickler-canary",))
 
         with zipfile.ZipFile(os.path.join(out, "pytorch_model.bin"), "w", zipfile.ZIP_STORED) as z:
-            z.writestr("archive/data.pkl", pickle.dumps({"transformer.wte.weight": Evil()}, protocol=2))
-            z.writestr("archive/version", "3\n")
+            stamp = (2020, 1, 1, 0, 0, 0)  # fixed, so reruns write the same bytes
+            z.writestr(zipfile.ZipInfo("archive/data.pkl", stamp), pickle.dumps({"transformer.wte.weight": Evil()}, protocol=2))
+            z.writestr(zipfile.ZipInfo("archive/version", stamp), "3\n")
 
         out = os.path.join(HERE, "random-init")
         shutil.rmtree(out, ignore_errors=True)

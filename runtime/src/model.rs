@@ -40,6 +40,10 @@ pub struct ModelConfig {
     pub n_layer: usize,
     #[serde(default = "d_head", alias = "num_attention_heads")]
     pub n_head: usize,
+    /// A decoder that cross-attends to encoder states: its graph takes them, which generation
+    /// here does not provide.
+    #[serde(default)]
+    pub add_cross_attention: bool,
 }
 
 fn d_vocab() -> usize {
@@ -152,6 +156,14 @@ impl ExportedModel {
                     "exported for the {task} task; generation and scoring need a language model with its cache: \
                      re-export with `gpt2c export --task text-generation-with-past`"
                 ),
+            });
+        }
+        if self.config.add_cross_attention {
+            return Err(ModelError::File {
+                path: self.dir.join("config.json"),
+                message: "add_cross_attention: the model cross-attends to an encoder's states (encoder_hidden_states \
+                          is a graph input), which gpt2c generate does not compute; run it where the encoder runs"
+                    .into(),
             });
         }
         let n_layer = self.config.n_layer;

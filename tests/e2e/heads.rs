@@ -296,3 +296,47 @@ fn a_pickle_that_calls_other_code_is_refused_and_nothing_runs() {
     assert!(!canary.exists(), "the pickle's code ran");
     assert!(!out.exists(), "nothing written");
 }
+
+/// A GPT-2 with cross-attention (the decoder of encoder-decoder models): encoder states and their
+/// mask are inputs; the cross-attention keys and values are computed on the first step and cached
+/// (`present.{i}.encoder.*` fed back as `past_key_values.{i}.encoder.*` with empty encoder states).
+#[test]
+fn cross_attention_matches_transformers_with_its_cache() {
+    let reference = Reference::load(&head_fixture("cross").join("reference.safetensors"));
+    let (_tmp, out) = export_head("cross", None);
+    let empty = |t: usize| HostTensor::f32(vec![2, 4, t, 8], vec![]).unwrap();
+    let mut past: Vec<(String, HostTensor)> = Vec::new();
+    for i in 0..2 {
+        for kind in ["key", "value"] {
+            past.push((format!("past_key_values.{i}.{kind}"), empty(0)));
+            past.push((format!("past_key_values.{i}.encoder.{kind}"), empty(0)));
+        }
+    }
+    let keep_for = |prefix: &'static str| {
+        let (mask, shape) = mask_of(&reference, &format!("{prefix}.attention_mask"));
+        move |name: &str, i: &[usize]| {
+            let (total, seq) = (shape[1], if prefix == "x" { shape[1] } else { 1 });
+            if name == "logits" {
+                mask[i[0] * total + (total - seq) + i[1]] == 1
+            } else if name.contains("encoder") {
+                true
+            } else {
+                mask[i[0] * total + i[2]] == 1
+            }
+        }
+    };
+    let inputs = ["input_ids", "attention_mask", "position_ids", "encoder_hidden_states", "encoder_attention_mask"];
+    let presents = check("cross, prompt", &out, &reference, "x.", &inputs, &past, &keep_for("x"));
+    let mut next: Vec<(String, HostTensor)> = presents
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("present."))
+        .map(|(n, t)| (n.replace("present.", "past_key_values."), t))
+        .collect();
+    next.push(("encoder_hidden_states".into(), HostTensor::f32(vec![2, 0, 32], vec![]).unwrap()));
+    let inputs = ["input_ids", "attention_mask", "position_ids", "encoder_attention_mask"];
+    check("cross, one more token", &out, &reference, "y.", &inputs, &next, &keep_for("y"));
+
+    let err = gpt2c_runtime::ExportedModel::open(&out).unwrap().session(backends()[0], &Default::default());
+    let err = err.err().expect("generation refuses a decoder that needs encoder states").to_string();
+    assert!(err.contains("add_cross_attention") && err.contains("encoder_hidden_states"), "{err}");
+}

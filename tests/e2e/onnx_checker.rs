@@ -49,6 +49,8 @@ fn every_task_passes_the_full_check() {
         ("base", None),
         ("base", Some(Task::FeatureExtractionWithPast)),
         ("base", Some(Task::TextGeneration)),
+        ("cross", None),
+        ("cross", Some(Task::FeatureExtraction)),
     ];
     for (name, task) in cases {
         for opset in [14, 18] {

@@ -94,7 +94,7 @@ pub(crate) fn self_attention(
     mask_bias: ValueId,
 ) -> Result<(ValueId, (ValueId, ValueId)), BuildError> {
     let c = ctx.c;
-    let (e, h, d) = (c.n_embd as i64, c.n_head as i64, c.head_dim as i64);
+    let e = c.n_embd as i64;
     let qkv = conv1d(b, ctx, &format!("{scope}.c_attn"), Part::Attn, x, c.n_embd, 3 * c.n_embd)?;
     let parts = b.split(qkv, -1, &[e, e, e])?;
     let [q, k, v] = <[ValueId; 3]>::try_from(parts)
@@ -102,14 +102,31 @@ pub(crate) fn self_attention(
     let last = layer + 1 == c.n_layer;
     let q = last_position_marker(b, "query_rows", q, last)?;
     let mask_bias = last_position_marker(b, "mask_rows", mask_bias, last)?;
-    let heads = |b: &mut GraphBuilder, t: ValueId| -> Result<ValueId, GraphError> {
-        let t = b.reshape(t, &[0, 0, h, d])?;
-        b.transpose(t, &[0, 2, 1, 3])
-    };
-    let q = heads(b, q)?;
-    let k = heads(b, k)?;
-    let v = heads(b, v)?;
-    let dtype = b.ty(q).dtype;
+    let q = split_heads(b, c, q)?;
+    let (k, v) = (split_heads(b, c, k)?, split_heads(b, c, v)?);
+    let (key, value, present) = with_cache(b, ctx, k, v, past)?;
+    let context = attend(b, ctx, layer, q, key, value, mask_bias)?;
+    let out = conv1d(b, ctx, &format!("{scope}.c_proj"), Part::Attn, context, c.n_embd, c.n_embd)?;
+    Ok((out, present))
+}
+
+/// `[B, S, E]` → `[B, H, S, D]`.
+fn split_heads(b: &mut GraphBuilder, c: &crate::checkpoint::Gpt2Config, t: ValueId) -> Result<ValueId, GraphError> {
+    let t = b.reshape(t, &[0, 0, c.n_head as i64, c.head_dim as i64])?;
+    b.transpose(t, &[0, 2, 1, 3])
+}
+
+/// Keys and values with the cached ones in front (`past` in the graph's I/O type); returns them
+/// and the `present` outputs.
+#[allow(clippy::type_complexity)]
+fn with_cache(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    k: ValueId,
+    v: ValueId,
+    past: Option<(ValueId, ValueId)>,
+) -> Result<(ValueId, ValueId, (ValueId, ValueId)), GraphError> {
+    let dtype = b.ty(k).dtype;
     let io = past.map_or(ctx.p.io(), |(k, _)| b.ty(k).dtype);
     let (key, value) = match past {
         Some((past_k, past_v)) => {
@@ -120,7 +137,22 @@ pub(crate) fn self_attention(
         None => (k, v),
     };
     let present = (cast_to(b, key, io)?, cast_to(b, value, io)?);
+    Ok((key, value, present))
+}
 
+/// Scaled dot-product attention of `q` over `key`/`value` (all `[B, H, ·, D]`) with an additive
+/// f32 mask; returns the heads merged back, `[B, S, E]`.
+fn attend(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    layer: usize,
+    q: ValueId,
+    key: ValueId,
+    value: ValueId,
+    mask_bias: ValueId,
+) -> Result<ValueId, GraphError> {
+    let c = ctx.c;
+    let dtype = b.ty(q).dtype;
     let scale = score_scale(c, layer);
     // reorder_and_upcast_attn: the scaled product is computed in f32 whatever the compute type.
     let score_type = if c.reorder_and_upcast_attn { DType::F32 } else { dtype };
@@ -141,7 +173,47 @@ pub(crate) fn self_attention(
     let probs = cast_to(b, probs, dtype)?;
     let context = b.matmul(probs, value)?;
     let context = b.transpose(context, &[0, 2, 1, 3])?;
-    let context = b.reshape(context, &[0, 0, e])?;
+    b.reshape(context, &[0, 0, c.n_embd as i64])
+}
+
+/// The additive mask of cross-attention: 0 where `encoder_attention_mask` is 1, the lowest f32
+/// elsewhere (transformers' `invert_attention_mask`); `[batch, 1, 1, encoder positions]`.
+pub fn encoder_attention_bias(b: &mut GraphBuilder, encoder_mask: ValueId) -> Result<ValueId, GraphError> {
+    let keep = b.cast(encoder_mask, DType::Bool)?;
+    let keep = b.unsqueeze(keep, &[1, 2])?;
+    let open = b.scalar_f(DType::F32, 0.0)?;
+    let closed = b.scalar_f(DType::F32, f32::MIN)?;
+    b.where_(keep, open, closed)
+}
+
+/// One layer's cross-attention (`crossattention` with `add_cross_attention`): queries from `x`
+/// (`q_attn`), keys and values from the encoder states (`c_attn`, 2·E wide) after any cached ones,
+/// no causal mask. With a cache, the first step passes the encoder states and an empty cache; later
+/// steps pass empty encoder states and the cache (the `present` of the first step): the keys and
+/// values are computed once.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cross_attention(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    layer: usize,
+    scope: &str,
+    x: ValueId,
+    encoder_states: ValueId,
+    past: Option<(ValueId, ValueId)>,
+    mask_bias: ValueId,
+) -> Result<(ValueId, (ValueId, ValueId)), BuildError> {
+    let c = ctx.c;
+    let e = c.n_embd as i64;
+    let q = conv1d(b, ctx, &format!("{scope}.q_attn"), Part::Attn, x, c.n_embd, c.n_embd)?;
+    let encoder_states = cast_to(b, encoder_states, b.ty(x).dtype)?;
+    let kv = conv1d(b, ctx, &format!("{scope}.c_attn"), Part::Attn, encoder_states, c.n_embd, 2 * c.n_embd)?;
+    let parts = b.split(kv, -1, &[e, e])?;
+    let [k, v] = <[ValueId; 2]>::try_from(parts)
+        .map_err(|_| GraphError { at: scope.into(), message: "c_attn split did not give k, v".into() })?;
+    let q = split_heads(b, c, q)?;
+    let (k, v) = (split_heads(b, c, k)?, split_heads(b, c, v)?);
+    let (key, value, present) = with_cache(b, ctx, k, v, past)?;
+    let context = attend(b, ctx, layer, q, key, value, mask_bias)?;
     let out = conv1d(b, ctx, &format!("{scope}.c_proj"), Part::Attn, context, c.n_embd, c.n_embd)?;
     Ok((out, present))
 }

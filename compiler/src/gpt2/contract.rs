@@ -24,6 +24,21 @@ pub const BATCH: &str = "batch_size";
 pub const SEQUENCE: &str = "sequence_length";
 pub const PAST: &str = "past_sequence_length";
 pub const CHOICES: &str = "num_choices";
+pub const ENCODER: &str = "encoder_sequence_length";
+pub const PAST_ENCODER: &str = "past_encoder_sequence_length";
+
+pub fn past_cross_key(i: usize) -> String {
+    format!("past_key_values.{i}.encoder.key")
+}
+pub fn past_cross_value(i: usize) -> String {
+    format!("past_key_values.{i}.encoder.value")
+}
+pub fn present_cross_key(i: usize) -> String {
+    format!("present.{i}.encoder.key")
+}
+pub fn present_cross_value(i: usize) -> String {
+    format!("present.{i}.encoder.value")
+}
 
 pub fn past_key(i: usize) -> String {
     format!("past_key_values.{i}.key")
@@ -57,6 +72,18 @@ pub struct Inputs {
     pub past: Vec<(ValueId, ValueId)>,
     /// `multiple-choice` only.
     pub mc_token_ids: Option<ValueId>,
+    /// Models with cross-attention: the encoder's states, their mask and (with a cache) each
+    /// layer's cached cross-attention key and value.
+    pub encoder: Option<EncoderInputs>,
+}
+
+/// The cross-attention inputs.
+pub struct EncoderInputs {
+    /// `encoder_hidden_states` `[batch_size, encoder_sequence_length, n_embd]`.
+    pub states: ValueId,
+    /// `encoder_attention_mask` `[batch_size, past_encoder_sequence_length + encoder_sequence_length]`.
+    pub mask: ValueId,
+    pub past: Vec<(ValueId, ValueId)>,
 }
 
 /// The batch dimension of `task`'s inputs: 1 for text classification without `pad_token_id`
@@ -90,7 +117,27 @@ pub fn declare_inputs(b: &mut GraphBuilder, c: &Gpt2Config, dtype: DType, task: 
     } else {
         None
     };
-    Ok(Inputs { input_ids, attention_mask, position_ids, past, mc_token_ids })
+    let encoder = if task.cross_attends(c) {
+        let width = Dim::fixed(c.n_embd as i64);
+        let states =
+            b.input("encoder_hidden_states", ValueType::new(dtype, vec![batch.clone(), Dim::sym(ENCODER), width]))?;
+        let total = if task.with_past() { Dim::sym(PAST_ENCODER).add(&Dim::sym(ENCODER)) } else { Dim::sym(ENCODER) };
+        let mask = b.input("encoder_attention_mask", ValueType::new(DType::I64, vec![batch, total]))?;
+        let past = if task.with_past() {
+            (0..c.n_layer)
+                .map(|i| {
+                    let ty = cache_type(c, dtype, Dim::sym(PAST_ENCODER));
+                    Ok((b.input(&past_cross_key(i), ty.clone())?, b.input(&past_cross_value(i), ty)?))
+                })
+                .collect::<Result<_, GraphError>>()?
+        } else {
+            Vec::new()
+        };
+        Some(EncoderInputs { states, mask, past })
+    } else {
+        None
+    };
+    Ok(Inputs { input_ids, attention_mask, position_ids, past, mc_token_ids, encoder })
 }
 
 /// Declares a task output `name` with its dims (the element type is the graph's float I/O type).
@@ -102,6 +149,21 @@ pub fn declare_output(
     dims: Vec<Dim>,
 ) -> Result<(), GraphError> {
     b.output(v, name, &ValueType::new(dtype, dims))
+}
+
+/// Declares every layer's cross-attention present key and value.
+pub fn declare_cross_presents(
+    b: &mut GraphBuilder,
+    c: &Gpt2Config,
+    dtype: DType,
+    presents: &[(ValueId, ValueId)],
+) -> Result<(), GraphError> {
+    for (i, &(k, v)) in presents.iter().enumerate() {
+        let ty = cache_type(c, dtype, Dim::sym(PAST_ENCODER).add(&Dim::sym(ENCODER)));
+        b.output(k, &present_cross_key(i), &ty)?;
+        b.output(v, &present_cross_value(i), &ty)?;
+    }
+    Ok(())
 }
 
 /// Declares every layer's present key and value.

@@ -130,10 +130,18 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     })?;
     let mask = b.scoped("attention_mask", |b| attention::attention_bias(b, ids, attention_mask, DType::F32))?;
 
-    let (h, presents) = if fused::applies(p) && task.with_past() {
-        fused::blocks(&mut b, &ctx, h, mask, &io.past)?
+    let cross = match &io.encoder {
+        Some(enc) => {
+            let mask_bias = b.scoped("encoder_attention_mask", |b| attention::encoder_attention_bias(b, enc.mask))?;
+            Some(Cross { states: enc.states, mask_bias, past: enc.past.clone() })
+        }
+        None => None,
+    };
+    let (h, presents, cross_presents) = if fused::applies(p) && task.with_past() && cross.is_none() {
+        let (h, presents) = fused::blocks(&mut b, &ctx, h, mask, &io.past)?;
+        (h, presents, Vec::new())
     } else {
-        portable_blocks(&mut b, &ctx, h, mask, &io.past)?
+        portable_blocks(&mut b, &ctx, h, mask, &io.past, cross.as_ref())?
     };
     let io_type = p.io();
     let (batch, seq) = (contract::batch_dim(c, task), Dim::sym(contract::SEQUENCE));
@@ -200,8 +208,23 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     }
     if task.with_past() {
         contract::declare_presents(&mut b, c, io_type, &presents)?;
+        if cross.is_some() {
+            contract::declare_cross_presents(&mut b, c, io_type, &cross_presents)?;
+        }
     }
     Ok(b.finish())
+}
+
+/// Per layer: (key, value).
+type Caches = Vec<(ValueId, ValueId)>;
+
+/// What cross-attention reads in every layer.
+struct Cross {
+    states: ValueId,
+    /// `[batch, 1, 1, encoder positions]`, f32.
+    mask_bias: ValueId,
+    /// Per layer, with a cache.
+    past: Vec<(ValueId, ValueId)>,
 }
 
 /// The transformer blocks in standard operators and the final LayerNorm over the embeddings `h`;
@@ -212,9 +235,11 @@ fn portable_blocks(
     mut h: ValueId,
     mask: ValueId,
     past: &[(ValueId, ValueId)],
-) -> Result<(ValueId, Vec<(ValueId, ValueId)>), BuildError> {
+    cross: Option<&Cross>,
+) -> Result<(ValueId, Caches, Caches), BuildError> {
     let (c, w, compute) = (ctx.c, ctx.w, ctx.p.compute());
     let mut presents = Vec::with_capacity(c.n_layer);
+    let mut cross_presents = Vec::new();
     for i in 0..c.n_layer {
         let past = past.get(i).copied();
         let (next, present) = b.scoped(&format!("h.{i}"), |b| {
@@ -225,7 +250,18 @@ fn portable_blocks(
                 b.scoped("attn", |b| attention::self_attention(b, ctx, i, &format!("{prefix}.attn"), x, past, mask))?;
             let attn = cast_to(b, attn, DType::F32)?;
             let h = attention::last_position_marker(b, "residual_rows", h, i + 1 == c.n_layer)?;
-            let h = b.add(h, attn)?;
+            let mut h = b.add(h, attn)?;
+            if let Some(cr) = cross {
+                let x = layer_norm(b, w, &format!("{prefix}.ln_cross_attn"), h, c.n_embd, c.layer_norm_epsilon)?;
+                let x = cast_to(b, x, compute)?;
+                let (out, present) = b.scoped("crossattention", |b| {
+                    let scope = format!("{prefix}.crossattention");
+                    attention::cross_attention(b, ctx, i, &scope, x, cr.states, cr.past.get(i).copied(), cr.mask_bias)
+                })?;
+                cross_presents.push(present);
+                let out = cast_to(b, out, DType::F32)?;
+                h = b.add(h, out)?;
+            }
             let x = layer_norm(b, w, &format!("{prefix}.ln_2"), h, c.n_embd, c.layer_norm_epsilon)?;
             let x = cast_to(b, x, compute)?;
             let mlp = b.scoped("mlp", |b| mlp::mlp(b, ctx, &format!("{prefix}.mlp"), x))?;
@@ -236,7 +272,7 @@ fn portable_blocks(
         presents.push(present);
     }
     let h = layer_norm(b, w, "ln_f", h, c.n_embd, c.layer_norm_epsilon)?;
-    Ok((h, presents))
+    Ok((h, presents, cross_presents))
 }
 
 /// Adds a body weight (named as inside `GPT2Model`) as an initializer.

@@ -66,6 +66,19 @@ impl Task {
         matches!(self, Task::TextGeneration | Task::TextGenerationWithPast | Task::FeatureExtractionWithPast)
     }
 
+    /// Whether the graph cross-attends to encoder states (config `add_cross_attention`): the language
+    /// model and the base model take them, as in transformers; the other heads do not.
+    pub fn cross_attends(self, c: &crate::checkpoint::Gpt2Config) -> bool {
+        c.add_cross_attention
+            && matches!(
+                self,
+                Task::TextGeneration
+                    | Task::TextGenerationWithPast
+                    | Task::FeatureExtraction
+                    | Task::FeatureExtractionWithPast
+            )
+    }
+
     /// The task `architectures` (config.json) implies: its first GPT-2 head class; a config without
     /// `architectures` is a language model, as transformers' GPT-2 checkpoints are.
     pub fn from_architectures(architectures: &[String]) -> Result<Task, String> {
