@@ -24,6 +24,8 @@ Heads (reference inputs are in the reference file next to the outputs):
                       position_ids (q.*) then one more token fed its past (r.*) → last_hidden_state, present.*
 Activations (act-<name>, GPT2LMHeadModel, 1 layer): a 6-token prompt → logits, for every
 activation_function transformers' ACT2FN offers that GPT-2 can use.
+Config variants (variants/, GPT2LMHeadModel): scale_attn_weights false, layer_norm_epsilon 1e-3 and
+n_positions 2048, run at positions 1500..1505 → logits.
 Cross-attention (cross/, GPT2LMHeadModel with add_cross_attention, the decoder of encoder-decoder
 models): x.* a left-padded batch of two prompts with encoder_hidden_states [2, 4, 32] and an
 encoder_attention_mask masking one state → logits, present.{i}.key/value (self) and
@@ -146,6 +148,13 @@ def main():
                     "r.last_hidden_state": out_r.last_hidden_state})
         ref.update(presents(out_r.past_key_values, 2, "r"))
         save("base", m, ref)
+
+        torch.manual_seed(41)
+        m = GPT2LMHeadModel(config(scale_attn_weights=False, layer_norm_epsilon=1e-3, n_positions=2048)).eval()
+        ids = torch.tensor([prompts[0]])
+        mask, pos = torch.ones_like(ids), torch.arange(1500, 1506)[None]
+        save("variants", m, {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                             "logits": m(input_ids=ids, attention_mask=mask, position_ids=pos).logits})
 
         torch.manual_seed(40)
         m = GPT2LMHeadModel(config(add_cross_attention=True)).eval()

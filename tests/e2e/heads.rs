@@ -150,6 +150,14 @@ fn base_model_features_match_transformers() {
     check("base with past, one more token", &out, &reference, "r.", &inputs, &past, &|_, _| true);
 }
 
+/// scale_attn_weights false, a non-default layer_norm_epsilon, and positions past 1024 (n_positions 2048).
+#[test]
+fn config_variants_match_transformers() {
+    let reference = Reference::load(&head_fixture("variants").join("reference.safetensors"));
+    let (_tmp, out) = export_head("variants", Some(Task::TextGeneration));
+    check("variants", &out, &reference, "", &["input_ids", "attention_mask", "position_ids"], &[], &|_, _| true);
+}
+
 /// Every activation transformers offers a GPT-2 config computes as transformers computes it.
 #[test]
 fn every_activation_matches_transformers() {
