@@ -30,6 +30,8 @@ pub struct ExportOptions {
     /// Build from the config alone with transformers' initialisation and this seed (the model
     /// path is then a config.json file or a folder holding one; its weights are not read).
     pub random_init: Option<u64>,
+    /// Where files go and which runtime configs are written.
+    pub layout: crate::layout::Layout,
 }
 
 /// What the caller can show while an export runs.
@@ -78,6 +80,8 @@ pub enum ExportError {
     Io { path: PathBuf, message: String },
     #[error("{path}: not valid JSON: {message}")]
     BadJson { path: PathBuf, message: String },
+    #[error("{0}")]
+    Layout(String),
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
@@ -142,6 +146,20 @@ pub fn export(
     progress(Progress::Step("copying config and tokenizer"));
     let mut warnings = Vec::new();
     copy_side_files(&ckpt, staging.path(), &mut warnings)?;
+    if options.layout == crate::layout::Layout::Genai {
+        if task != gpt2::Task::TextGenerationWithPast {
+            return Err(ExportError::Layout(format!(
+                "--layout genai runs a language model with its cache: it needs --task text-generation-with-past, not {}",
+                task.name()
+            )));
+        }
+        let gen_path = staging.path().join("generation_config.json");
+        let generation: Map<String, Value> = serde_json::from_slice(&fs::read(&gen_path).map_err(io_error(&gen_path))?)
+            .map_err(|e| ExportError::BadJson { path: gen_path.clone(), message: e.to_string() })?;
+        let genai = crate::layout::genai_config(&ckpt.config, &generation);
+        let path = staging.path().join("genai_config.json");
+        fs::write(&path, serde_json::to_string_pretty(&genai).unwrap_or_default() + "\n").map_err(io_error(&path))?;
+    }
 
     let mut files = Vec::new();
     let mut total_bytes = 0;

@@ -8,7 +8,9 @@
 pub mod checkpoint;
 pub mod export;
 pub mod gpt2;
+pub mod hub;
 pub mod ir;
+pub mod layout;
 pub mod onnx;
 pub mod quant;
 

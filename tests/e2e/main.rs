@@ -4,6 +4,7 @@
 
 mod batching;
 mod determinism;
+mod ecosystem;
 mod export_folder;
 mod external_data;
 mod generation;

@@ -53,15 +53,20 @@ pub fn shared_dir() -> Option<PathBuf> {
 
 /// A Python interpreter with the `onnx` package, if present.
 pub fn python_with_onnx() -> Option<PathBuf> {
+    python_with("onnx")
+}
+
+/// The test Python (`GPT2C_PYTHON`, default `.venv/bin/python`) if it imports `module`.
+pub fn python_with(module: &str) -> Option<PathBuf> {
     let python =
         std::env::var_os("GPT2C_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"));
-    let probe = Command::new(&python).args(["-c", "import onnx"]).output();
+    let probe = Command::new(&python).args(["-c", &format!("import {module}")]).output();
     let ok = match probe {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => Err(format!("{}: {}", python.display(), String::from_utf8_lossy(&out.stderr).trim())),
         Err(e) => Err(format!("{}: {e}", python.display())),
     };
-    available("Python with the onnx package", ok).then_some(python)
+    available(&format!("Python with the {module} package"), ok).then_some(python)
 }
 
 /// The backends to run: tract always, ONNX Runtime when its library loads.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, OPSETS, Part, Precision, Quantize, Target, Task};
+use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_compiler::{ExportOptions, Progress, export};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,8 +25,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct ExportArgs {
     /// Checkpoint folder: config.json, model.safetensors (or model.safetensors.index.json with its
     /// shards, or an older pytorch_model.bin, read without running its pickle) and tokenizer files,
-    /// as saved by transformers' save_pretrained. Not needed with --config.
+    /// as saved by transformers' save_pretrained. Or a Hugging Face Hub model id
+    /// (`openai-community/gpt2`), downloaded into the Hub cache (HF_HOME) from HF_ENDPOINT with
+    /// HF_TOKEN; cached files are not fetched again, HF_HUB_OFFLINE=1 uses the cache only. Not
+    /// needed with --config.
     pub model: Option<PathBuf>,
+
+    /// Branch, tag or commit of a Hub model id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
 
     /// A config.json to build from with --random-init, instead of a checkpoint folder.
     #[arg(long, value_name = "FILE")]
@@ -80,6 +88,12 @@ pub struct ExportArgs {
     #[arg(long, value_enum)]
     pub task: Option<Task>,
 
+    /// Folder layout: `optimum` (model.onnx at the top, for optimum, ONNX Runtime and gpt2c) or
+    /// `genai` (also genai_config.json for onnxruntime-genai's decoder model type, with search
+    /// defaults from generation_config.json).
+    #[arg(long, value_enum, default_value_t = Layout::Optimum)]
+    pub layout: Layout,
+
     /// Runtime the graph is shaped for: `portable` (standard ONNX operators, runs everywhere,
     /// tract included) or `ort` (may use ONNX Runtime's com.microsoft operators).
     #[arg(long, value_enum, default_value_t = Target::Portable)]
@@ -123,6 +137,7 @@ impl ExportArgs {
             external_data: self.external_data,
             force: self.force,
             random_init: self.random_init.then_some(self.seed),
+            layout: self.layout,
         })
     }
 
@@ -156,7 +171,17 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         Progress::WriteDone => bar.set_style(ProgressStyle::default_spinner()),
     };
     // Library errors already name the file or field at fault: print them as they are.
-    let result = export(args.source()?, &args.output, &options, &mut on_progress);
+    let source = args.source()?;
+    let fetched;
+    let source = match source.to_str().filter(|s| !args.random_init && gpt2c_compiler::hub::looks_like_repo_id(s)) {
+        Some(id) => {
+            bar.set_message(format!("fetching {id} from the Hub"));
+            fetched = gpt2c_compiler::hub::fetch(id, Some(&args.revision), !args.quiet)?;
+            fetched.as_path()
+        }
+        None => source,
+    };
+    let result = export(source, &args.output, &options, &mut on_progress);
     bar.finish_and_clear();
     let summary = result?;
     for w in &summary.warnings {

@@ -1,0 +1,102 @@
+//! Export folder layouts for the runtimes people deploy with (`--layout`).
+//!
+//! - `optimum` (default): `model.onnx` at the top, as optimum's `ORTModelForCausalLM` and
+//!   `gpt2c generate` read it.
+//! - `genai`: the same plus `genai_config.json` for onnxruntime-genai's generic `decoder` model
+//!   type, which reads optimum's input/output names (its legacy `gpt2` type, with one combined
+//!   cache tensor per layer, is not needed), with search defaults from `generation_config.json`.
+
+use serde_json::{Map, Value, json};
+
+use crate::checkpoint::Gpt2Config;
+
+/// Where files go and which runtime configs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// `model.onnx` at the top (optimum, ONNX Runtime, gpt2c).
+    #[default]
+    Optimum,
+    /// Also `genai_config.json` for onnxruntime-genai.
+    Genai,
+}
+
+/// transformers' `GenerationConfig` defaults for the search options onnxruntime-genai takes.
+const SEARCH_DEFAULTS: [(&str, Value); 12] = [
+    ("do_sample", Value::Bool(false)),
+    ("num_beams", Value::Null),
+    ("max_length", Value::Null),
+    ("min_length", Value::Null),
+    ("length_penalty", Value::Null),
+    ("early_stopping", Value::Bool(false)),
+    ("no_repeat_ngram_size", Value::Null),
+    ("repetition_penalty", Value::Null),
+    ("temperature", Value::Null),
+    ("top_k", Value::Null),
+    ("top_p", Value::Null),
+    ("num_return_sequences", Value::Null),
+];
+
+fn default_number(key: &str) -> Value {
+    match key {
+        "num_beams" | "num_return_sequences" => json!(1),
+        "max_length" => json!(20),
+        "min_length" | "no_repeat_ngram_size" => json!(0),
+        "top_k" => json!(50),
+        _ => json!(1.0),
+    }
+}
+
+/// `genai_config.json` for an export of `config`, with `generation` (generation_config.json)
+/// as the search defaults.
+pub fn genai_config(c: &Gpt2Config, generation: &Map<String, Value>) -> Value {
+    let mut search = Map::new();
+    for (key, default) in SEARCH_DEFAULTS {
+        let value = match generation.get(key) {
+            // transformers' early_stopping may be "never": no early stop.
+            Some(Value::String(_)) if key == "early_stopping" => Value::Bool(false),
+            Some(v) if !v.is_null() => v.clone(),
+            _ if default.is_null() => default_number(key),
+            _ => default,
+        };
+        search.insert(key.into(), value);
+    }
+    // The graph concatenates past and new keys: there is no buffer to share.
+    search.insert("past_present_share_buffer".into(), Value::Bool(false));
+    let eos = match c.eos_token_ids.as_slice() {
+        [one] => json!(one),
+        many => json!(many),
+    };
+    let pad = c.pad_token_id.or(c.eos_token_ids.first().copied());
+    json!({
+        "model": {
+            "type": "decoder",
+            "bos_token_id": c.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "vocab_size": c.vocab_size,
+            "context_length": c.n_positions,
+            "decoder": {
+                "filename": crate::export::MODEL_FILE,
+                "session_options": { "log_id": "onnxruntime-genai", "provider_options": [] },
+                "head_size": c.head_dim,
+                "hidden_size": c.n_embd,
+                "num_attention_heads": c.n_head,
+                "num_key_value_heads": c.n_head,
+                "num_hidden_layers": c.n_layer,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value"
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"
+                }
+            }
+        },
+        "search": Value::Object(search)
+    })
+}

@@ -1,0 +1,94 @@
+//! Exports in the runtimes people deploy with, driven through their real clients: each
+//! generates transformers' greedy token ids (models/generation/*.json) from a gpt2c export.
+
+use std::path::Path;
+use std::process::Command;
+
+use gpt2c_compiler::ExportOptions;
+use gpt2c_compiler::layout::Layout;
+use gpt2c_tests::{export_fixture, fixture, python_with, repo_root, shared_dir};
+use serde_json::Value;
+
+/// The single-prompt greedy cases of a generation fixture with an explicit max_new_tokens:
+/// (prompt, expected sequence).
+fn greedy_cases(file: &str) -> Vec<(Vec<u64>, Vec<u64>)> {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(fixture(file)).unwrap()).unwrap();
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect::<Vec<_>>();
+    doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            let k = &c["kwargs"];
+            k["do_sample"] == Value::Bool(false)
+                && c["prompts"].as_array().unwrap().len() == 1
+                && k.get("num_beams").is_none()
+                && k.get("max_new_tokens").is_some()
+                && k.as_object()
+                    .unwrap()
+                    .keys()
+                    .all(|k| ["max_new_tokens", "do_sample", "pad_token_id"].contains(&k.as_str()))
+        })
+        .flat_map(|c| {
+            let prompts: Vec<Vec<u64>> = c["prompts"].as_array().unwrap().iter().map(ids).collect();
+            let sequences: Vec<Vec<u64>> = c["sequences"].as_array().unwrap().iter().map(ids).collect();
+            prompts.into_iter().zip(sequences).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn genai_generate(python: &Path, dir: &Path, cases: &[(Vec<u64>, Vec<u64>)]) -> Vec<Vec<u64>> {
+    let request: Vec<Value> =
+        cases.iter().map(|(p, s)| serde_json::json!({ "prompt": p, "max_length": s.len() })).collect();
+    let file = dir.join("cases.json");
+    std::fs::write(&file, serde_json::to_string(&request).unwrap()).unwrap();
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/clients/genai_generate.py"))
+        .arg(dir)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "onnxruntime-genai: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `--layout genai`: onnxruntime-genai (PyPI) loads the folder through genai_config.json and its
+/// greedy search gives transformers' ids, on the tiny fixture and on the model trained on prose.
+#[test]
+fn onnxruntime_genai_generates_transformers_greedy_ids() {
+    let Some(python) = python_with("onnxruntime_genai") else { return };
+    let options = ExportOptions { layout: Layout::Genai, ..Default::default() };
+    let (_tmp, out) = export_fixture("tiny-default", &options);
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("genai_config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["type"], "decoder");
+    let cases = greedy_cases("generation/tiny-default.json");
+    assert!(!cases.is_empty());
+    let got = genai_generate(&python, &out, &cases);
+    for ((_, want), got) in cases.iter().zip(&got) {
+        assert_eq!(got, want, "onnxruntime-genai on tiny-default");
+    }
+    let Some(shared) = shared_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &options, &mut |_| {}).unwrap();
+    let cases = greedy_cases("generation/tiny-trained.json");
+    assert!(!cases.is_empty());
+    for ((_, want), got) in cases.iter().zip(&genai_generate(&python, &out, &cases)) {
+        assert_eq!(got, want, "onnxruntime-genai on tiny-trained");
+    }
+}
+
+/// genai needs the cached language model: other tasks are refused before anything is written.
+#[test]
+fn genai_layout_needs_a_language_model_with_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let graph = gpt2c_compiler::gpt2::GraphOptions {
+        task: Some(gpt2c_compiler::gpt2::Task::TextGeneration),
+        ..Default::default()
+    };
+    let options = ExportOptions { layout: Layout::Genai, graph, ..Default::default() };
+    let err =
+        gpt2c_compiler::export(&fixture("tiny-default"), &tmp.path().join("o"), &options, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("text-generation-with-past"), "{err}");
+    assert!(!tmp.path().join("o").exists());
+}
