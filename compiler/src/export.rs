@@ -137,15 +137,25 @@ pub fn export(
     let staging = tempfile::Builder::new().prefix(".gpt2c-export-").tempdir_in(&parent).map_err(io_error(&parent))?;
 
     progress(Progress::WriteStart(graph.initializer_bytes() as u64));
+    let model_path = staging.path().join(options.layout.model_path(&options.graph.precision));
+    if let Some(parent) = model_path.parent() {
+        fs::create_dir_all(parent).map_err(io_error(parent))?;
+    }
     let written =
-        onnx::write_model(&graph, &meta, &staging.path().join(MODEL_FILE), options.external_data, &mut |n| {
-            progress(Progress::Wrote(n))
-        })?;
+        onnx::write_model(&graph, &meta, &model_path, options.external_data, &mut |n| progress(Progress::Wrote(n)))?;
     progress(Progress::WriteDone);
 
     progress(Progress::Step("copying config and tokenizer"));
     let mut warnings = Vec::new();
     copy_side_files(&ckpt, staging.path(), &mut warnings)?;
+    if options.layout == crate::layout::Layout::TransformersJs && written.data.is_some() {
+        // transformers.js reads external data only when config.json says so.
+        let path = staging.path().join("config.json");
+        let mut config = ckpt.config_json.clone();
+        config.insert("transformers.js_config".into(), serde_json::json!({ "use_external_data_format": true }));
+        let text = serde_json::to_string_pretty(&Value::Object(config)).unwrap_or_default() + "\n";
+        fs::write(&path, text).map_err(io_error(&path))?;
+    }
     if options.layout == crate::layout::Layout::Genai {
         if task != gpt2::Task::TextGenerationWithPast {
             return Err(ExportError::Layout(format!(
@@ -163,10 +173,20 @@ pub fn export(
 
     let mut files = Vec::new();
     let mut total_bytes = 0;
-    for entry in fs::read_dir(staging.path()).map_err(io_error(staging.path()))? {
-        let entry = entry.map_err(io_error(staging.path()))?;
-        total_bytes += entry.metadata().map_err(io_error(&entry.path()))?.len();
-        files.push(entry.file_name().to_string_lossy().into_owned());
+    // The folder and its `onnx/` subfolder (transformers.js layout).
+    let mut folders = vec![(staging.path().to_path_buf(), String::new())];
+    while let Some((folder, prefix)) = folders.pop() {
+        for entry in fs::read_dir(&folder).map_err(io_error(&folder))? {
+            let entry = entry.map_err(io_error(&folder))?;
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            let meta = entry.metadata().map_err(io_error(&entry.path()))?;
+            if meta.is_dir() {
+                folders.push((entry.path(), format!("{name}/")));
+            } else {
+                total_bytes += meta.len();
+                files.push(name);
+            }
+        }
     }
     files.sort();
 

@@ -5,6 +5,12 @@
 //! - `genai`: the same plus `genai_config.json` for onnxruntime-genai's generic `decoder` model
 //!   type, which reads optimum's input/output names (its legacy `gpt2` type, with one combined
 //!   cache tensor per layer, is not needed), with search defaults from `generation_config.json`.
+//! - `transformers.js`: the graph where `@huggingface/transformers` looks for it,
+//!   `onnx/model{suffix}.onnx` with the suffix of the precision (`` fp32, `_fp16`, `_quantized`
+//!   for int8, `_int8` for int8 weights, `_q4` for int4), its external data beside it as
+//!   `<file>_data`, and `"transformers.js_config": {"use_external_data_format": true}` added to
+//!   config.json when the weights are external. The graph is the same: transformers.js builds the
+//!   empty cache from the inputs' metadata (batch axis `batch_size`, fixed heads and head size).
 
 use serde_json::{Map, Value, json};
 
@@ -18,6 +24,29 @@ pub enum Layout {
     Optimum,
     /// Also `genai_config.json` for onnxruntime-genai.
     Genai,
+    /// `onnx/model{suffix}.onnx` for transformers.js.
+    #[value(name = "transformers.js")]
+    TransformersJs,
+}
+
+impl Layout {
+    /// The model file's path inside the export folder.
+    pub fn model_path(self, p: &crate::gpt2::Precision) -> String {
+        use crate::gpt2::{FloatType, Quantize};
+        match self {
+            Layout::TransformersJs => {
+                let suffix = match (p.quantize, p.dtype) {
+                    (Quantize::Int8, _) => "_quantized",
+                    (Quantize::Int8Weights, _) => "_int8",
+                    (Quantize::Int4, _) => "_q4",
+                    (Quantize::None, FloatType::Fp16) => "_fp16",
+                    (Quantize::None, _) => "",
+                };
+                format!("onnx/model{suffix}.onnx")
+            }
+            _ => crate::export::MODEL_FILE.to_string(),
+        }
+    }
 }
 
 /// transformers' `GenerationConfig` defaults for the search options onnxruntime-genai takes.

@@ -78,6 +78,66 @@ fn onnxruntime_genai_generates_transformers_greedy_ids() {
     }
 }
 
+/// Node and the installed transformers.js client (tests/clients, `npm install` there), if present.
+fn transformersjs() -> Option<std::path::PathBuf> {
+    let clients = repo_root().join("tests/clients");
+    let installed = clients.join("node_modules/@huggingface/transformers/package.json");
+    let node = Command::new("node").arg("--version").output();
+    let ok = match node {
+        Ok(o) if o.status.success() && installed.is_file() => Ok(()),
+        Ok(_) => Err(format!("{} missing: run `npm install` in tests/clients", installed.display())),
+        Err(e) => Err(format!("node: {e}")),
+    };
+    gpt2c_tests::available("node with @huggingface/transformers", ok).then_some(clients)
+}
+
+/// `--layout transformers.js`: @huggingface/transformers (npm, onnxruntime-node) loads the folder
+/// offline (`onnx/model.onnx`; `onnx/model_quantized.onnx` for int8) and its greedy generation gives
+/// transformers' ids (int8: runs and keeps the prompt; its ids are int8's own).
+#[test]
+fn transformersjs_generates_transformers_greedy_ids() {
+    let Some(clients) = transformersjs() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    let run = |name: &str, dtype: &str, cases: &[(Vec<u64>, Vec<u64>)], src: &Path, precision| -> Vec<Vec<u64>> {
+        let graph = gpt2c_compiler::gpt2::GraphOptions { precision, ..Default::default() };
+        let options = ExportOptions { layout: Layout::TransformersJs, graph, ..Default::default() };
+        gpt2c_compiler::export(src, &models.join(name), &options, &mut |_| {}).unwrap();
+        let request: Vec<Value> = cases
+            .iter()
+            .map(|(p, s)| serde_json::json!({ "prompt": p, "max_new_tokens": s.len() - p.len() }))
+            .collect();
+        let file = tmp.path().join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_string(&request).unwrap()).unwrap();
+        let out = Command::new("node")
+            .arg(clients.join("transformersjs_generate.mjs"))
+            .args([models.as_os_str(), name.as_ref(), file.as_os_str(), dtype.as_ref()])
+            .current_dir(&clients)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "transformers.js: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let cases = greedy_cases("generation/tiny-default.json");
+    let fp32 = run("tiny", "fp32", &cases, &fixture("tiny-default"), Default::default());
+    for ((_, want), got) in cases.iter().zip(&fp32) {
+        assert_eq!(got, want, "transformers.js on tiny-default");
+    }
+    assert!(models.join("tiny/onnx/model.onnx").is_file());
+    let int8 = gpt2c_compiler::gpt2::Precision { quantize: gpt2c_compiler::gpt2::Quantize::Int8, ..Default::default() };
+    let q8 = run("tiny-q8", "q8", &cases, &fixture("tiny-default"), int8);
+    assert!(models.join("tiny-q8/onnx/model_quantized.onnx").is_file());
+    for ((prompt, want), got) in cases.iter().zip(&q8) {
+        assert!(got.len() == want.len() && got.starts_with(prompt), "transformers.js int8: {got:?}");
+    }
+    let Some(shared) = shared_dir() else { return };
+    let cases = greedy_cases("generation/tiny-trained.json");
+    let got = run("trained", "fp32", &cases, &shared.join("models/tiny-trained"), Default::default());
+    for ((_, want), got) in cases.iter().zip(&got) {
+        assert_eq!(got, want, "transformers.js on tiny-trained");
+    }
+}
+
 /// genai needs the cached language model: other tasks are refused before anything is written.
 #[test]
 fn genai_layout_needs_a_language_model_with_cache() {

@@ -88,9 +88,11 @@ pub struct ExportArgs {
     #[arg(long, value_enum)]
     pub task: Option<Task>,
 
-    /// Folder layout: `optimum` (model.onnx at the top, for optimum, ONNX Runtime and gpt2c) or
+    /// Folder layout: `optimum` (model.onnx at the top, for optimum, ONNX Runtime and gpt2c),
     /// `genai` (also genai_config.json for onnxruntime-genai's decoder model type, with search
-    /// defaults from generation_config.json).
+    /// defaults from generation_config.json) or `transformers.js` (onnx/model.onnx,
+    /// onnx/model_fp16.onnx, onnx/model_quantized.onnx for int8, … where @huggingface/transformers
+    /// looks).
     #[arg(long, value_enum, default_value_t = Layout::Optimum)]
     pub layout: Layout,
 
