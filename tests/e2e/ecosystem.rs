@@ -78,6 +78,42 @@ fn onnxruntime_genai_generates_transformers_greedy_ids() {
     }
 }
 
+/// The default layout: optimum's `ORTModelForCausalLM.from_pretrained(out)` and its `generate()`
+/// give transformers' greedy ids.
+#[test]
+fn optimum_generates_transformers_greedy_ids() {
+    let Some(python) = python_with("optimum.onnxruntime") else { return };
+    let run = |dir: &Path, cases: &[(Vec<u64>, Vec<u64>)]| -> Vec<Vec<u64>> {
+        let request: Vec<Value> = cases
+            .iter()
+            .map(|(p, s)| serde_json::json!({ "prompt": p, "max_new_tokens": s.len() - p.len() }))
+            .collect();
+        let file = dir.join("cases.json");
+        std::fs::write(&file, serde_json::to_string(&request).unwrap()).unwrap();
+        let out = Command::new(&python)
+            .arg(repo_root().join("tests/clients/optimum_generate.py"))
+            .arg(dir)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "optimum: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (_tmp, out) = export_fixture("tiny-default", &ExportOptions::default());
+    let cases = greedy_cases("generation/tiny-default.json");
+    for ((_, want), got) in cases.iter().zip(&run(&out, &cases)) {
+        assert_eq!(got, want, "optimum on tiny-default");
+    }
+    let Some(shared) = shared_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &ExportOptions::default(), &mut |_| {}).unwrap();
+    let cases = greedy_cases("generation/tiny-trained.json");
+    for ((_, want), got) in cases.iter().zip(&run(&out, &cases)) {
+        assert_eq!(got, want, "optimum on tiny-trained");
+    }
+}
+
 /// Node and the installed transformers.js client (tests/clients, `npm install` there), if present.
 fn transformersjs() -> Option<std::path::PathBuf> {
     let clients = repo_root().join("tests/clients");

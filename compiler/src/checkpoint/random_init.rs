@@ -10,6 +10,7 @@
 use super::config::Gpt2Config;
 use super::weights::InMemoryWeights;
 use crate::gpt2::Task;
+use gpt2c_runtime::generate::sampling::Rng;
 
 /// splitmix64: seeds per tensor from (seed, name), so a tensor's values do not depend on the others.
 fn splitmix(mut x: u64) -> u64 {
@@ -20,36 +21,21 @@ fn splitmix(mut x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Normal draws from the runtime's xoshiro256** generator, seeded per tensor.
 struct Normal {
-    s: [u64; 4],
+    rng: Rng,
     spare: Option<f64>,
 }
 
 impl Normal {
     fn new(seed: u64, name: &str) -> Normal {
-        let mut x = name.bytes().fold(splitmix(seed), |h, b| splitmix(h ^ u64::from(b)));
-        let mut next = || {
-            x = splitmix(x);
-            x
-        };
-        Normal { s: [next(), next(), next(), next()], spare: None }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
+        let seed = name.bytes().fold(splitmix(seed), |h, b| splitmix(h ^ u64::from(b)));
+        Normal { rng: Rng::new(seed), spare: None }
     }
 
     /// Uniform in (0, 1].
     fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+        1.0 - self.rng.next_f64()
     }
 
     /// A standard normal draw (Box–Muller, both values used).

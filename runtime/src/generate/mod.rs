@@ -14,7 +14,7 @@ mod math;
 pub mod processors;
 mod rows;
 mod sample;
-mod sampling;
+pub mod sampling;
 pub mod stopping;
 
 use std::time::{Duration, Instant};
