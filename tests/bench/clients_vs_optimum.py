@@ -6,7 +6,7 @@ checkpoint (same client, same machine, one run).
         [--work /tmp/clients-bench] [--prompt-tokens 128] [--new-tokens 64]
 
 OPTIMUM_EXPORT: `optimum-cli export onnx --task text-generation-with-past` of CHECKPOINT (peers.py
---only optimum-export makes one). Clients: onnxruntime-genai (genai_config.json written for both
+--only optimum-export makes one). Clients: optimum's ORTModelForCausalLM, onnxruntime-genai (genai_config.json written for both
 folders: optimum's names are the ones the generic decoder type reads) and transformers.js (each
 model.onnx placed in onnx/). Decode tokens/s = (new tokens - 1) / (time after the first token); the
 first token's time is measured by a one-token run. Threads: each client's default. Prints JSON lines.
@@ -32,6 +32,22 @@ def genai_rate(folder, ids, new):
     first = min(run(1)[0] for _ in range(3))
     total, tokens = min((run(new) for _ in range(3)), key=lambda r: r[0])
     return (new - 1) / (total - first), [int(t) for t in tokens[:8]]
+
+
+def optimum_rate(folder, ids, new):
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+    model = ORTModelForCausalLM.from_pretrained(folder)
+    x = torch.tensor([ids])
+    def run(n):
+        t = time.perf_counter()
+        seq = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             pad_token_id=0)
+        return time.perf_counter() - t, seq[0, len(ids):].tolist()
+    run(4)
+    first = min(run(1)[0] for _ in range(3))
+    total, tokens = min((run(new) for _ in range(3)), key=lambda r: r[0])
+    return (new - 1) / (total - first), tokens[:8]
 
 
 def tjs_rate(models, name, ids, new):
@@ -66,6 +82,9 @@ def main():
     ids = [(i * 7919 + 13) % (cfg["vocab_size"] - 1) for i in range(a.prompt_tokens)]
     g = os.path.join(a.work, "gpt2c-genai")
     subprocess.run([a.gpt2c, "export", a.checkpoint, "-o", g, "-q", "--layout", "genai"], check=True)
+    for name, folder in (("gpt2c", g), ("optimum", a.optimum_export)):
+        rate, first = optimum_rate(folder, ids, a.new_tokens)
+        print(json.dumps({"client": "optimum ORTModelForCausalLM", "export": name, "decode_tok_s": round(rate, 2), "first_tokens": first}), flush=True)
     o = os.path.join(a.work, "optimum-genai")
     shutil.copytree(a.optimum_export, o)
     shutil.copy(os.path.join(g, "genai_config.json"), o)
