@@ -263,3 +263,30 @@ fn export_from_a_config_alone() {
     ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not both"));
 }
+
+/// `gpt2c inspect --json` describes an export: I/O dims, the op histogram, parameters by element
+/// type, external data files and metadata; a file that is not ONNX is one message and exit code 2.
+#[test]
+fn inspect_describes_an_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let src = fixture();
+    let args = ["export", src.to_str().unwrap(), "-q", "--external-data", "always", "-o", out.to_str().unwrap()];
+    assert!(gpt2c(&args).status.success());
+    let o = gpt2c(&["inspect", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(d["inputs"][0]["name"], "input_ids");
+    assert_eq!(d["inputs"][0]["shape"], serde_json::json!(["batch_size", "sequence_length"]));
+    assert_eq!(d["outputs"][0]["shape"][2], 1000);
+    assert_eq!(d["ops"]["LayerNormalization"], 5, "ln_1, ln_2 per layer and ln_f");
+    // 2 layers of n_embd 32 plus wte (1000×32) and wpe (64×32): the fixture's 59,528 float weights.
+    assert_eq!(d["initializers"]["by_dtype"]["float"]["elements"], 59_528);
+    let data = fs::metadata(out.join("model.onnx_data")).unwrap().len();
+    let referenced = d["initializers"]["external_files"]["model.onnx_data"].as_u64().unwrap();
+    assert!(referenced > 200_000 && referenced <= data, "{referenced} of {data}");
+    assert_eq!(d["metadata"]["gpt2c.task"], "text-generation-with-past");
+    let o = gpt2c(&["inspect", fixture().join("config.json").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an ONNX model"));
+}

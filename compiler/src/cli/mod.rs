@@ -3,6 +3,7 @@
 mod bench;
 mod export;
 mod generate;
+mod inspect;
 mod perplexity;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,7 @@ pub enum Command {
     Generate(Box<generate::GenerateArgs>),
     Bench(bench::BenchArgs),
     Perplexity(perplexity::PerplexityArgs),
+    Inspect(inspect::InspectArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -34,5 +36,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Inspect(args) => inspect::run(args),
     }
 }
