@@ -4,7 +4,7 @@
 //! ```no_run
 //! use gpt2c_runtime::text::{BackendChoice, TextGenerator};
 //! let mut g = TextGenerator::open("out/gpt2".as_ref(), BackendChoice::Auto, &Default::default())?;
-//! let overrides = serde_json::json!({"max_new_tokens": 20}).as_object().unwrap().clone();
+//! let overrides = serde_json::Map::from_iter([("max_new_tokens".to_string(), serde_json::json!(20))]);
 //! let out = g.generate(&["Hello, my name is"], &overrides, &mut |_, piece| print!("{piece}"))?;
 //! println!("\n{}", out.texts[0]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -94,6 +94,26 @@ pub(crate) fn self_attention(
     mask_bias: ValueId,
 ) -> Result<(ValueId, (ValueId, ValueId)), BuildError> {
     let c = ctx.c;
+    let (q, k, v, mask_bias) = query_key_value(b, ctx, layer, scope, x, mask_bias)?;
+    let q = split_heads(b, c, q)?;
+    let (k, v) = (split_heads(b, c, k)?, split_heads(b, c, v)?);
+    let (key, value, present) = with_cache(b, ctx, k, v, past)?;
+    let context = attend(b, ctx, layer, q, key, value, mask_bias)?;
+    let out = conv1d(b, ctx, &format!("{scope}.c_proj"), Part::Attn, context, c.n_embd, c.n_embd)?;
+    Ok((out, present))
+}
+
+/// `c_attn` split into `[B, S, E]` query, key and value, with the last layer's query and mask
+/// rows marked for the generation specialization; returns (q, k, v, mask bias).
+pub(crate) fn query_key_value(
+    b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
+    layer: usize,
+    scope: &str,
+    x: ValueId,
+    mask_bias: ValueId,
+) -> Result<(ValueId, ValueId, ValueId, ValueId), BuildError> {
+    let c = ctx.c;
     let e = c.n_embd as i64;
     let qkv = conv1d(b, ctx, &format!("{scope}.c_attn"), Part::Attn, x, c.n_embd, 3 * c.n_embd)?;
     let parts = b.split(qkv, -1, &[e, e, e])?;
@@ -102,12 +122,7 @@ pub(crate) fn self_attention(
     let last = layer + 1 == c.n_layer;
     let q = last_position_marker(b, "query_rows", q, last)?;
     let mask_bias = last_position_marker(b, "mask_rows", mask_bias, last)?;
-    let q = split_heads(b, c, q)?;
-    let (k, v) = (split_heads(b, c, k)?, split_heads(b, c, v)?);
-    let (key, value, present) = with_cache(b, ctx, k, v, past)?;
-    let context = attend(b, ctx, layer, q, key, value, mask_bias)?;
-    let out = conv1d(b, ctx, &format!("{scope}.c_proj"), Part::Attn, context, c.n_embd, c.n_embd)?;
-    Ok((out, present))
+    Ok((q, k, v, mask_bias))
 }
 
 /// `[B, S, E]` → `[B, H, S, D]`.

@@ -18,8 +18,8 @@
 //! Fused blocks need the f32 compute type (the quantized formats keep f32
 //! activations too); with `--dtype fp16` the ORT target keeps the portable blocks.
 
-use super::attention::{last_position_marker, score_scale};
-use super::linear::{Ctx, conv1d, conv1d_unbiased};
+use super::attention::{last_position_marker, query_key_value, score_scale};
+use super::linear::{Ctx, conv1d_unbiased};
 use super::precision::{Part, Precision, Target};
 use super::{BuildError, mlp, weight};
 use crate::checkpoint::Activation;
@@ -105,14 +105,7 @@ fn attention(
     mask_bias: ValueId,
 ) -> Result<(ValueId, ValueId, (ValueId, ValueId)), BuildError> {
     let c = ctx.c;
-    let e = c.n_embd as i64;
-    let qkv = conv1d(b, ctx, &format!("{scope}.c_attn"), Part::Attn, x, c.n_embd, 3 * c.n_embd)?;
-    let parts = b.split(qkv, -1, &[e, e, e])?;
-    let [q, k, v] = <[ValueId; 3]>::try_from(parts)
-        .map_err(|_| GraphError { at: scope.into(), message: "c_attn split did not give q, k, v".into() })?;
-    let last = layer + 1 == c.n_layer;
-    let q = last_position_marker(b, "query_rows", q, last)?;
-    let mask_bias = last_position_marker(b, "mask_rows", mask_bias, last)?;
+    let (q, k, v, mask_bias) = query_key_value(b, ctx, layer, scope, x, mask_bias)?;
     let op = Op::Attention { heads: c.n_head as i64, scale: score_scale(c, layer) as f32 };
     let outs = b.node(op, &[q, k, v, mask_bias, past.0, past.1])?;
     let [y, key, value] = <[ValueId; 3]>::try_from(outs)
