@@ -13,5 +13,6 @@ pub mod ir;
 pub mod layout;
 pub mod onnx;
 pub mod quant;
+pub mod verify;
 
 pub use export::{ExportError, ExportOptions, ExportSummary, Progress, export};

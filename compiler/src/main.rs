@@ -19,6 +19,9 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
+            if err.downcast_ref::<cli::Failed>().is_some() {
+                return ExitCode::from(1);
+            }
             let mut stderr = std::io::stderr().lock();
             let _ = write!(stderr, "error: {err}");
             for cause in err.chain().skip(1) {

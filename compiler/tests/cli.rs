@@ -290,3 +290,61 @@ fn inspect_describes_an_export() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not an ONNX model"));
 }
+
+/// `gpt2c verify` as a CI step: exit 0 with a `gpt2c.verify/1` JSON report when the export passes,
+/// 1 when a check fails (here: a zero tolerance no float computation meets), 2 for usage and I/O
+/// errors, each with one readable message.
+#[test]
+fn verify_reports_json_and_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let src = fixture();
+    assert!(gpt2c(&["export", src.to_str().unwrap(), "-q", "-o", out.to_str().unwrap()]).status.success());
+    let (out_s, src_s) = (out.to_str().unwrap(), src.to_str().unwrap());
+    let o = gpt2c(&["verify", out_s, "--reference", src_s, "--backends", "tract", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(d["schema"], "gpt2c.verify/1");
+    assert_eq!(d["passed"], true);
+    assert_eq!(d["task"], "text-generation-with-past");
+    let checks: Vec<&str> = d["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    for name in [
+        "protobuf",
+        "versions",
+        "names",
+        "topology",
+        "initializers",
+        "external_data",
+        "operators",
+        "contract",
+        "inference",
+    ] {
+        assert!(checks.contains(&name), "{name} missing from {checks:?}");
+    }
+    let cases: Vec<&str> = d["numeric"].as_array().unwrap().iter().map(|n| n["case"].as_str().unwrap()).collect();
+    assert_eq!(cases, ["prompt", "padded_batch", "decode_step"]);
+    for phase in ["structure", "reference", "tract"] {
+        assert!(d["timings_s"][phase].is_number(), "{phase} timing missing");
+    }
+    let logits = &d["numeric"][0]["outputs"][0];
+    assert_eq!(logits["output"], "logits");
+    assert!(logits["max_abs_error"].as_f64().unwrap() < 1e-4 && logits["max_rel_error"].is_number());
+
+    let o = gpt2c(&["verify", out_s, "--reference", src_s, "--backends", "tract", "--tolerance", "0,0"]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("FAIL tract prompt logits: max abs error"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("FAILED in")), "{text}");
+
+    for (args, needle) in [
+        (vec!["verify", "/nonexistent/export"], "/nonexistent/export: no such file or folder"),
+        (vec!["verify", out_s, "--tolerance", "tight"], "`tight` is not a non-negative number"),
+        (vec!["verify", out_s, "--reference", "/nonexistent/ckpt"], "reference checkpoint: /nonexistent/ckpt"),
+        (vec!["verify", out_s, "--backends", "onnx"], "invalid value 'onnx'"),
+    ] {
+        let o = gpt2c(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

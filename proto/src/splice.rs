@@ -69,9 +69,11 @@ pub fn split(bytes: &[u8]) -> Result<SplitModel<'_>, ProtoError> {
     let mut model_fields = Vec::new();
     let mut graph_fields = Vec::new();
     let mut initializers = Vec::new();
+    let mut has_graph = false;
     while !rest.is_empty() {
         let f = next_field(&mut rest)?;
         if f.tag == 7 && f.wire == WireType::LengthDelimited {
+            has_graph = true;
             // ModelProto.graph: keep initializers (GraphProto field 5) encoded.
             let mut g = f.payload;
             while !g.is_empty() {
@@ -87,7 +89,8 @@ pub fn split(bytes: &[u8]) -> Result<SplitModel<'_>, ProtoError> {
         }
     }
     let mut model = ModelProto::decode(model_fields.as_slice())?;
-    model.graph = Some(GraphProto::decode(graph_fields.as_slice())?);
+    // A model without a graph keeps none, so that `join` writes back the model that was read.
+    model.graph = if has_graph { Some(GraphProto::decode(graph_fields.as_slice())?) } else { None };
     Ok(SplitModel { model, initializers })
 }
 
@@ -112,7 +115,11 @@ pub fn tensor_header(tensor: &[u8]) -> Result<(crate::TensorProto, Option<std::o
 /// Serializes `model` with `initializers` (encoded `TensorProto`s) appended to its graph.
 pub fn join(model: &ModelProto, initializers: &[&[u8]]) -> Vec<u8> {
     let mut head = model.clone();
-    let graph = head.graph.take().unwrap_or_default();
+    let graph = match head.graph.take() {
+        Some(graph) => graph,
+        None if initializers.is_empty() => return head.encode_to_vec(),
+        None => GraphProto::default(),
+    };
     let graph_bytes = graph.encode_to_vec();
     let mut init_bytes = Vec::new();
     for t in initializers {
@@ -162,5 +169,23 @@ mod tests {
         let back = ModelProto::decode(join(&split.model, &split.initializers).as_slice()).unwrap();
         assert_eq!(back, model);
         assert!(super::split(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn a_model_without_a_graph_keeps_none() {
+        // Found by fuzzing (fuzz/fuzz_targets/onnx_model.rs): the empty input, a valid empty
+        // ModelProto, came back from split and join with an empty graph added.
+        for model in [ModelProto::default(), ModelProto { producer_name: Some("x".into()), ..Default::default() }] {
+            let bytes = model.encode_to_vec();
+            let split = split(&bytes).unwrap();
+            assert_eq!(split.model.graph, None);
+            assert_eq!(join(&split.model, &split.initializers), bytes);
+        }
+        // An empty graph is still a graph.
+        let model = ModelProto { graph: Some(GraphProto::default()), ..Default::default() };
+        let bytes = model.encode_to_vec();
+        let split = split(&bytes).unwrap();
+        assert_eq!(split.model.graph, Some(GraphProto::default()));
+        assert_eq!(ModelProto::decode(join(&split.model, &[]).as_slice()).unwrap(), model);
     }
 }

@@ -14,3 +14,4 @@ mod parity;
 mod precision;
 mod sampling;
 mod streaming;
+mod verify;

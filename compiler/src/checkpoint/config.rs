@@ -352,10 +352,13 @@ impl Gpt2Config {
         let field =
             |field: &str, message: String| ConfigError::Field { path: path.into(), field: field.into(), message };
         let positive = |name: &str, v: i64| -> Result<usize, ConfigError> {
-            usize::try_from(v)
-                .ok()
-                .filter(|&n| n > 0 && n <= 1 << 40)
-                .ok_or_else(|| field(name, format!("must be a positive integer, found {v}")))
+            match u64::try_from(v) {
+                Ok(n) if n > MAX_DIM => {
+                    Err(field(name, format!("{v} is too large; expected at most 2^40 ({MAX_DIM})")))
+                }
+                Ok(n) if n > 0 => Ok(n as usize),
+                _ => Err(field(name, format!("must be a positive integer, found {v}"))),
+            }
         };
         let vocab_size = positive("vocab_size", raw.vocab_size)?;
         let n_positions = positive("n_positions", raw.n_positions)?;
@@ -372,6 +375,12 @@ impl Gpt2Config {
             Some(v) => positive("n_inner", v)?,
             None => 4 * n_embd,
         };
+        let num_labels = match (&raw.id2label, raw.num_labels) {
+            (Some(labels), _) if !labels.is_empty() => labels.len(),
+            (_, Some(n)) => positive("num_labels", n)?,
+            _ => 2,
+        };
+        check_sizes(path, vocab_size, n_positions, n_embd, n_layer, n_inner, num_labels)?;
         let activation = Activation::from_name(&raw.activation_function).ok_or_else(|| {
             field(
                 "activation_function",
@@ -403,11 +412,6 @@ impl Gpt2Config {
             None => Vec::new(),
             Some(TokenIds::One(t)) => vec![token("eos_token_id", *t)?],
             Some(TokenIds::Many(ts)) => ts.iter().map(|t| token("eos_token_id", *t)).collect::<Result<_, _>>()?,
-        };
-        let num_labels = match (&raw.id2label, raw.num_labels) {
-            (Some(labels), _) if !labels.is_empty() => labels.len(),
-            (_, Some(n)) => positive("num_labels", n)?,
-            _ => 2,
         };
         if !(raw.initializer_range.is_finite() && raw.initializer_range >= 0.0) {
             return Err(field(
@@ -446,6 +450,63 @@ impl Gpt2Config {
             initializer_range: raw.initializer_range,
         })
     }
+}
+
+/// Largest size accepted for any one dimension (`vocab_size`, `n_embd`, ...).
+pub const MAX_DIM: u64 = 1 << 40;
+
+/// Largest element count of a tensor, or of the whole model: its bytes in the widest element
+/// type (8) must fit the i64 sizes and offsets of ONNX, and usize arithmetic.
+pub const MAX_ELEMENTS: u64 = i64::MAX as u64 / 8;
+
+/// Checks that the tensors the config implies, and the model as a whole, have element counts
+/// that `usize`/`i64` arithmetic can hold, naming the field that makes one too large.
+fn check_sizes(
+    path: &Path,
+    vocab_size: usize,
+    n_positions: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_inner: usize,
+    num_labels: usize,
+) -> Result<(), ConfigError> {
+    let [v, p, e, l, i, c] = [vocab_size, n_positions, n_embd, n_layer, n_inner, num_labels].map(|n| n as u64);
+    let elements = |field: &str, what: &str, factors: &[u64]| -> Result<u64, ConfigError> {
+        factors.iter().try_fold(1u64, |acc, &f| acc.checked_mul(f)).filter(|&n| n <= MAX_ELEMENTS).ok_or_else(|| {
+            let values: Vec<String> = factors.iter().map(u64::to_string).collect();
+            ConfigError::Field {
+                path: path.into(),
+                field: field.into(),
+                message: format!(
+                    "{what} ({}) has more than 2^60 elements; expected a size whose bytes fit in 64 bits",
+                    values.join(" × ")
+                ),
+            }
+        })
+    };
+    let wte = elements("vocab_size", "the token embedding, vocab_size × n_embd", &[v, e])?;
+    let wpe = elements("n_positions", "the position embedding, n_positions × n_embd", &[p, e])?;
+    let c_attn = elements("n_embd", "the attention projection, n_embd × 3·n_embd", &[e, 3 * e])?;
+    let c_fc = elements("n_inner", "the MLP projection, n_embd × n_inner", &[e, i])?;
+    let head = elements("num_labels", "the classification head, num_labels × n_embd", &[c, e])?;
+    elements("n_layer", "the key/value cache, 2 × n_layer × n_positions × n_embd", &[2, l, p, e])?;
+    // Per layer: c_attn, c_proj (e × e), c_fc and its transpose, biases and LayerNorms (< 16·e + i);
+    // the unchecked terms are below c_attn and c_fc, already checked.
+    let layer = [c_attn, e * e, 2 * c_fc, 16 * e + i].iter().try_fold(0u64, |acc, &n| acc.checked_add(n));
+    let layers = layer.and_then(|n| n.checked_mul(l));
+    let total =
+        [Some(wte), Some(wte), Some(wpe), Some(head), layers].into_iter().try_fold(0u64, |acc, n| acc.checked_add(n?));
+    if total.is_none_or(|n| n > MAX_ELEMENTS) {
+        return Err(ConfigError::Field {
+            path: path.into(),
+            field: "n_layer".into(),
+            message: format!(
+                "{l} layers of n_embd {e} and n_inner {i} (with vocab_size {v}) make a model of more than 2^60 \
+                 parameters; expected one whose bytes fit in 64 bits"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Finds the first field whose value alone fails to deserialize, for error messages.
@@ -510,6 +571,55 @@ mod tests {
     fn eos_lists_and_null_tokens() {
         let c = parse(r#"{"eos_token_id": [5, 7], "bos_token_id": null, "pad_token_id": 3}"#).unwrap();
         assert_eq!((c.eos_token_ids, c.bos_token_id, c.pad_token_id), (vec![5, 7], None, Some(3)));
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_rejected_with_the_field_named() {
+        let big = 1u64 << 40;
+        let cases = [
+            (
+                format!(r#"{{"vocab_size": {big}, "n_embd": 2097152, "n_head": 1}}"#),
+                "vocab_size",
+                "vocab_size × n_embd (1099511627776 × 2097152) has more than 2^60 elements",
+            ),
+            (
+                format!(r#"{{"n_positions": {big}, "n_embd": 1048576, "n_head": 1, "vocab_size": 2}}"#),
+                "n_positions",
+                "n_positions × n_embd",
+            ),
+            (r#"{"n_embd": 2147483648, "n_head": 1, "vocab_size": 2, "n_positions": 1}"#.into(), "n_embd", "3·n_embd"),
+            (
+                format!(r#"{{"n_inner": {big}, "n_embd": 1048576, "n_head": 1, "vocab_size": 2, "n_positions": 1}}"#),
+                "n_inner",
+                "n_embd × n_inner",
+            ),
+            (
+                format!(r#"{{"num_labels": {big}, "n_embd": 1048576, "n_head": 1}}"#),
+                "num_labels",
+                "num_labels × n_embd",
+            ),
+            (
+                format!(r#"{{"n_layer": {big}, "n_positions": 1048576, "n_embd": 1024, "n_head": 1}}"#),
+                "n_layer",
+                "key/value cache",
+            ),
+            (
+                format!(r#"{{"n_layer": {big}, "n_positions": 1, "n_embd": 65536, "n_head": 1}}"#),
+                "n_layer",
+                "2^60 parameters",
+            ),
+            (format!(r#"{{"n_layer": {}}}"#, big + 1), "n_layer", "1099511627777 is too large; expected at most 2^40"),
+            (format!(r#"{{"vocab_size": {}}}"#, i64::MAX), "vocab_size", "too large"),
+        ];
+        for (text, field, needle) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(&format!("field `{field}`")) && e.contains(needle), "{text}: {e}");
+        }
+        // Beyond i64: serde's error, still naming the field.
+        let e = parse(r#"{"n_embd": 18446744073709551616}"#).unwrap_err().to_string();
+        assert!(e.contains("field `n_embd`"), "{e}");
+        // gpt2-xl, the largest GPT-2, is well inside the limits.
+        assert!(parse(r#"{"n_embd": 1600, "n_layer": 48, "n_head": 25}"#).is_ok());
     }
 
     #[test]

@@ -94,10 +94,56 @@ fn call(func: &Value, args: Value) -> Result<Value, String> {
     }
 }
 
+/// Bytes of memo copies allowed per byte of pickle, on top of [`COPY_BUDGET_MIN`].
+const COPY_BUDGET_PER_BYTE: usize = 128;
+/// Bytes of memo copies any pickle may make (a GPT-2 state dict's pickle makes well under 1 MiB).
+const COPY_BUDGET_MIN: usize = 64 << 20;
+
+/// Approximate heap bytes of `v`, counting at most a little past `limit`: the memo copies values
+/// where Python shares them, so each copy is charged against a budget.
+fn copy_cost(v: &Value, limit: usize) -> usize {
+    let mut cost = 0usize;
+    let mut pending = vec![v];
+    while let Some(v) = pending.pop() {
+        cost = cost.saturating_add(std::mem::size_of::<Value>());
+        match v {
+            Value::Str(s) | Value::Global(s) => cost = cost.saturating_add(s.len()),
+            Value::Bytes(b) => cost = cost.saturating_add(b.len()),
+            Value::Storage { class, key, .. } => cost = cost.saturating_add(class.len() + key.len()),
+            Value::Tuple(items) | Value::List(items) => pending.extend(items),
+            Value::Dict(pairs) => pending.extend(pairs.iter().flat_map(|(k, v)| [k, v])),
+            Value::Tensor { storage, size, stride, .. } => {
+                cost = cost.saturating_add(8 * (size.len() + stride.len()));
+                pending.push(storage);
+            }
+            Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Mark => {}
+        }
+        if cost > limit {
+            break;
+        }
+    }
+    cost
+}
+
 /// Reads a pickle (protocol 2 to 5, as `torch.save` writes) into a value.
 pub fn load(data: &[u8]) -> Result<Value, String> {
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: HashMap<u64, Value> = HashMap::new();
+    // Memo reads and writes copy values: without a bound, a few hundred bytes that read an entry
+    // twice, pair the copies and store the pair again build a value of 2^40 nodes.
+    let copy_limit = COPY_BUDGET_MIN.saturating_add(data.len().saturating_mul(COPY_BUDGET_PER_BYTE));
+    let mut budget = copy_limit;
+    let mut copy = |v: &Value| -> Result<Value, String> {
+        let cost = copy_cost(v, budget);
+        budget = budget.checked_sub(cost).ok_or_else(|| {
+            format!(
+                "the pickle copies more than {copy_limit} bytes of memoized values (a {}-byte PyTorch state dict \
+                 needs far less); refusing a pickle built to exhaust memory",
+                data.len()
+            )
+        })?;
+        Ok(v.clone())
+    };
     let mut pos = 0usize;
     let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
         let end = pos.checked_add(n).filter(|&e| e <= data.len()).ok_or("the pickle ends early")?;
@@ -218,20 +264,20 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
             }
             b'q' => {
                 let k = u64::from(take(&mut pos, 1)?[0]);
-                memo.insert(k, stack.last().cloned().ok_or("BINPUT on an empty stack")?);
+                memo.insert(k, copy(stack.last().ok_or("BINPUT on an empty stack")?)?);
             }
             b'r' => {
                 let k = u64::from(u32_at(take(&mut pos, 4)?));
-                memo.insert(k, stack.last().cloned().ok_or("LONG_BINPUT on an empty stack")?);
+                memo.insert(k, copy(stack.last().ok_or("LONG_BINPUT on an empty stack")?)?);
             }
             0x94 => {
                 let k = memo.len() as u64;
-                memo.insert(k, stack.last().cloned().ok_or("MEMOIZE on an empty stack")?);
+                memo.insert(k, copy(stack.last().ok_or("MEMOIZE on an empty stack")?)?);
             }
             b'h' | b'j' => {
                 let k =
                     if op == b'h' { u64::from(take(&mut pos, 1)?[0]) } else { u64::from(u32_at(take(&mut pos, 4)?)) };
-                stack.push(memo.get(&k).cloned().ok_or_else(|| format!("the pickle reads memo {k}, never stored"))?);
+                stack.push(copy(memo.get(&k).ok_or_else(|| format!("the pickle reads memo {k}, never stored"))?)?);
             }
             b'}' => stack.push(Value::Dict(Vec::new())),
             b']' => stack.push(Value::List(Vec::new())),
@@ -316,6 +362,28 @@ mod tests {
         assert!(load(evil).unwrap_err().contains("`builtins.eval`"));
         // torch.Something that is not a storage class.
         assert!(load(b"ctorch\nload\n.").is_err());
+    }
+
+    #[test]
+    fn memo_copies_cannot_blow_up() {
+        // An empty list, memoized as 0; then 64 times: read 0 twice, pair the copies, memoize
+        // the pair as 0. 390 bytes that would build a value of 2^64 nodes by copying.
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..64 {
+            p.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        p.push(b'.');
+        let started = std::time::Instant::now();
+        let e = load(&p).unwrap_err();
+        assert!(e.contains("copies more than") && e.contains("memoized values"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+        // A few levels are fine: 2^4 empty lists.
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..4 {
+            p.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        p.push(b'.');
+        assert!(matches!(load(&p), Ok(Value::Tuple(_))));
     }
 
     #[test]

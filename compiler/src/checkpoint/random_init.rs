@@ -104,8 +104,7 @@ pub fn random_weights(c: &Gpt2Config, task: Task, seed: u64) -> InMemoryWeights 
         _ => {}
     }
     if task == Task::MultipleChoice && c.summary.use_proj {
-        let classes = if c.summary.proj_to_labels && labels > 0 { labels } else { e };
-        tensors.extend(head("multiple_choice_head.summary", classes, true));
+        tensors.extend(head("multiple_choice_head.summary", crate::gpt2::heads::summary_width(c), true));
     }
     let mut weights = InMemoryWeights::new();
     for (name, shape, init) in tensors {

@@ -9,13 +9,14 @@
 //! with the shape each get an error that names the file and the tensor.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
 use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::ir::SharedBytes;
 
@@ -121,10 +122,10 @@ pub struct TensorInfo {
     pub range: std::ops::Range<usize>,
 }
 
-/// A memory-mapped, validated safetensors file.
+/// A memory-mapped (or in-memory), validated safetensors file.
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<dyn AsRef<[u8]> + Send + Sync>,
     tensors: BTreeMap<String, TensorInfo>,
 }
 
@@ -149,6 +150,13 @@ impl SafetensorsFile {
         Ok(SafetensorsFile { path: path.into(), map: Arc::new(map), tensors })
     }
 
+    /// A whole file's bytes already in memory (tests, fuzzing), validated as [`open`](Self::open)
+    /// validates a file; `path` is only used in messages.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SafetensorsFile, SafetensorsError> {
+        let tensors = parse_header(path, &bytes)?;
+        Ok(SafetensorsFile { path: path.into(), map: Arc::new(bytes), tensors })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -160,6 +168,55 @@ impl SafetensorsFile {
     /// The bytes of a tensor, shared with the map.
     pub fn bytes(&self, info: &TensorInfo) -> Option<SharedBytes> {
         SharedBytes::new(self.map.clone(), info.range.clone())
+    }
+}
+
+/// The header's top-level object, read entry by entry: `__metadata__` is skipped unread and
+/// every other value goes straight into a [`RawEntry`]. The name of an entry that fails to
+/// deserialize is left in `failed`, so that the error can name the tensor.
+struct Entries<'a> {
+    failed: &'a mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Entries<'_> {
+    type Value = Vec<(String, RawEntry)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Entries<'_> {
+    type Value = Vec<(String, RawEntry)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object mapping tensor names to {dtype, shape, data_offsets}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if name == "__metadata__" {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            match map.next_value::<RawEntry>() {
+                Ok(entry) => entries.push((name, entry)),
+                Err(e) => {
+                    *self.failed = Some(name);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// A shape for messages, cut short: a corrupt header can hold millions of dims.
+fn short_shape(shape: &[u64]) -> String {
+    match shape {
+        s if s.len() <= 8 => format!("{s:?}"),
+        s => format!("{:?}… ({} dims)", &s[..8], s.len()),
     }
 }
 
@@ -179,16 +236,24 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor
     let data_start = 8 + header as usize;
     let json = &bytes[8..data_start];
     let data_len = len - data_start as u64;
-    let parsed: BTreeMap<String, Value> = serde_json::from_slice(json)
-        .map_err(|e| SafetensorsError::HeaderJson { path: path.into(), message: e.to_string() })?;
+    // Entries are read straight into `RawEntry`s: a `serde_json::Value` tree would cost about
+    // 16 times the header's size (32 bytes per `1,` in a shape), 1.6 GB for a 100 MB header.
+    let mut failed_entry = None;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let entries = Entries { failed: &mut failed_entry }.deserialize(&mut de).and_then(|e| de.end().map(|()| e));
+    let entries = entries.map_err(|e| match failed_entry.take() {
+        // A JSON syntax error inside an entry is still a JSON error; a well-formed entry of the
+        // wrong form is that tensor's error.
+        Some(name) if e.classify() == serde_json::error::Category::Data => SafetensorsError::Tensor {
+            path: path.into(),
+            name,
+            message: format!("malformed header entry ({e}); expected {{dtype, shape, data_offsets}}"),
+        },
+        _ => SafetensorsError::HeaderJson { path: path.into(), message: e.to_string() },
+    })?;
     let mut tensors = BTreeMap::new();
-    for (name, value) in parsed {
-        if name == "__metadata__" {
-            continue;
-        }
+    for (name, entry) in entries {
         let bad = |message: String| SafetensorsError::Tensor { path: path.into(), name: name.clone(), message };
-        let entry: RawEntry = serde_json::from_value(value)
-            .map_err(|e| bad(format!("malformed header entry ({e}); expected {{dtype, shape, data_offsets}}")))?;
         let dtype = StDtype::parse(&entry.dtype).ok_or_else(|| bad(format!("unknown dtype {:?}", entry.dtype)))?;
         let [begin, end] = entry.data_offsets;
         if begin > end {
@@ -200,12 +265,16 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor
                  the file is truncated or its header is corrupt"
             )));
         }
+        // ONNX dims are i64: a larger one cannot be written, even in a tensor of no elements.
+        if let Some(d) = entry.shape.iter().find(|&&d| d > i64::MAX as u64) {
+            return Err(bad(format!("shape {} has dimension {d}, more than 2^63 - 1", short_shape(&entry.shape))));
+        }
         let numel = entry.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let expected = numel.and_then(|n| n.checked_mul(dtype.size() as u64));
         if expected != Some(end - begin) {
             return Err(bad(format!(
-                "shape {:?} of {} needs {} bytes but data_offsets [{begin}, {end}] hold {}",
-                entry.shape,
+                "shape {} of {} needs {} bytes but data_offsets [{begin}, {end}] hold {}",
+                short_shape(&entry.shape),
                 dtype.name(),
                 expected.map_or("more than 2^64".to_string(), |e| e.to_string()),
                 end - begin
@@ -266,5 +335,77 @@ mod tests {
         assert!(err(&file("not json", &[])).contains("not valid JSON"));
         assert!(err(&file(r#"{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}}"#, &[0])).contains("unknown dtype"));
         assert!(err(&file(r#"{"a":{"shape":[1]}}"#, &[0])).contains("malformed header entry"));
+    }
+
+    #[test]
+    fn header_claiming_terabytes_fails_fast() {
+        // A 10-byte file whose prefix claims a 1 TiB header: refused before anything is read or
+        // allocated, naming the limit.
+        let mut bytes = (1u64 << 40).to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        let e = parse_header(Path::new("w.safetensors"), &bytes).unwrap_err();
+        assert!(matches!(e, SafetensorsError::HeaderTooLarge { header, .. } if header == 1 << 40), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("w.safetensors: ") && e.contains("claims 1099511627776 bytes") && e.contains("limit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn header_longer_than_the_file_fails_fast() {
+        // Under the limit, but longer than the 2 bytes that follow the prefix.
+        let mut bytes = (64u64 << 20).to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        let e = err(&bytes);
+        assert!(e.contains("claims 67108864 bytes but only 2 bytes follow"), "{e}");
+        // Exactly at the end is fine; one past is not.
+        assert!(parse_header(Path::new("w"), &file("{}", &[])).unwrap().is_empty());
+        let mut one_past = file("{}", &[]);
+        one_past[0] = 3;
+        assert!(err(&one_past).contains("claims 3 bytes but only 2"), "{}", err(&one_past));
+    }
+
+    #[test]
+    fn offsets_and_shape_products_are_overflow_checked() {
+        let e =
+            err(&file(&format!(r#"{{"a":{{"dtype":"U8","shape":[8],"data_offsets":[0,{}]}}}}"#, u64::MAX), &[0; 8]));
+        assert!(e.contains("tensor `a`") && e.contains("point past the end"), "{e}");
+        let m = u64::MAX;
+        let e = err(&file(&format!(r#"{{"a":{{"dtype":"U8","shape":[0],"data_offsets":[{m},{m}]}}}}"#), &[0; 8]));
+        assert!(e.contains("point past the end"), "{e}");
+        // The element count fits in u64 but its byte count does not.
+        let e = err(&file(r#"{"a":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,8]}}"#, &[0; 8]));
+        assert!(e.contains("more than 2^64"), "{e}");
+        let e = err(&file(&format!(r#"{{"a":{{"dtype":"U8","shape":{:?},"data_offsets":[0,0]}}}}"#, [1; 1000]), &[]));
+        assert!(e.contains("shape [1, 1, 1, 1, 1, 1, 1, 1]… (1000 dims) of U8 needs 1 bytes"), "{e}");
+        // A zero anywhere makes the product zero, however large the rest; a dim past i64 is refused.
+        let h = r#"{"a":{"dtype":"F32","shape":[9223372036854775807,0],"data_offsets":[0,0]}}"#;
+        let t = parse_header(Path::new("w"), &file(h, &[])).unwrap();
+        assert_eq!(t["a"].range, 8 + h.len()..8 + h.len());
+        let e = err(&file(r#"{"a":{"dtype":"F32","shape":[9223372036854775808,0],"data_offsets":[0,0]}}"#, &[]));
+        assert!(e.contains("dimension 9223372036854775808, more than 2^63 - 1"), "{e}");
+    }
+
+    #[test]
+    fn entries_are_named_and_metadata_skipped() {
+        let e = err(&file(r#"{"__metadata__":{"k":[1,{"x":null}]},"b":{"dtype":"F32","shape":"2"}}"#, &[]));
+        assert!(e.contains("tensor `b`: malformed header entry"), "{e}");
+        // Broken JSON inside an entry is a JSON error, not that entry's.
+        assert!(err(&file(r#"{"b":{"dtype":"F32","#, &[])).contains("not valid JSON"));
+        assert!(err(&file(r#"{} trailing"#, &[])).contains("not valid JSON"));
+        assert!(err(&file(r#"[1]"#, &[])).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn in_memory_files_hand_out_each_tensor() {
+        let bytes = file(
+            r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"I16","shape":[1],"data_offsets":[2,4]}}"#,
+            &[1, 2, 3, 4],
+        );
+        let f = SafetensorsFile::from_bytes(Path::new("w"), bytes).unwrap();
+        let b = f.bytes(&f.tensors()["b"]).unwrap();
+        assert_eq!(b.as_slice(), &[3, 4]);
+        assert_eq!(f.bytes(&f.tensors()["a"]).unwrap().as_slice(), &[1, 2]);
     }
 }

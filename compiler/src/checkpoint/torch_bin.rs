@@ -19,14 +19,15 @@ fn bad(path: &Path, message: impl Into<String>) -> WeightError {
     WeightError::Index { path: path.into(), message: message.into() }
 }
 
+// Offsets come from the file: `at + n` is checked, as an offset near usize::MAX would overflow.
 fn u16_at(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 2).map(|s| u64::from(u16::from_le_bytes([s[0], s[1]])))
+    b.get(at..at.checked_add(2)?).map(|s| u64::from(u16::from_le_bytes([s[0], s[1]])))
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 4).map(|s| u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]])))
+    b.get(at..at.checked_add(4)?).map(|s| u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]])))
 }
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+    b.get(at..at.checked_add(8)?).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
 }
 
 /// Entry name → byte range of its (stored) data in the archive.
@@ -40,7 +41,7 @@ fn zip_entries(map: &[u8], path: &Path) -> Result<BTreeMap<String, std::ops::Ran
         (u16_at(map, eocd + 10).ok_or_else(short)?, u32_at(map, eocd + 16).ok_or_else(short)?);
     // Zip64: the locator just before the record points at the 64-bit record.
     if eocd >= 20 && u32_at(map, eocd - 20) == Some(0x0706_4b50) {
-        let rec = u64_at(map, eocd - 12).ok_or_else(short)? as usize;
+        let rec = usize::try_from(u64_at(map, eocd - 12).ok_or_else(short)?).map_err(|_| short())?;
         if u32_at(map, rec) != Some(0x0606_4b50) {
             return Err(bad(path, "corrupt zip64 end record"));
         }
@@ -152,6 +153,10 @@ impl TorchBinWeights {
                 .map(|&d| usize::try_from(d))
                 .collect::<Result<_, _>>()
                 .map_err(|_| bad(path, format!("tensor `{name}`: negative size {size:?}")))?;
+            let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            let Some(len) = numel.and_then(|n| n.checked_mul(elem)) else {
+                return Err(bad(path, format!("tensor `{name}`: size {size:?} has more than 2^64 bytes")));
+            };
             // Row-major strides only (what state_dict() saves for GPT-2's parameters).
             let mut expected = vec![0i64; shape.len()];
             let mut acc = 1i64;
@@ -159,7 +164,7 @@ impl TorchBinWeights {
                 expected[i] = acc;
                 acc = acc.saturating_mul(size[i]);
             }
-            if shape.iter().product::<usize>() > 1 && stride != expected {
+            if len > elem && stride != expected {
                 return Err(bad(
                     path,
                     format!("tensor `{name}` is not contiguous (stride {stride:?}); re-save it contiguous"),
@@ -170,7 +175,6 @@ impl TorchBinWeights {
                 .ok_or_else(|| bad(path, format!("tensor `{name}`: storage {key} missing from the archive")))?;
             let start =
                 usize::try_from(offset.max(0)).unwrap_or(usize::MAX).saturating_mul(elem).saturating_add(data.start);
-            let len = shape.iter().product::<usize>().saturating_mul(elem);
             let end = start.saturating_add(len);
             if offset < 0 || end > data.end {
                 return Err(bad(
@@ -200,5 +204,112 @@ impl WeightSource for TorchBinWeights {
     }
     fn origin(&self, _name: &str) -> String {
         self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zip archive of stored (uncompressed) entries, as `torch.save` writes.
+    fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let (mut out, mut central) = (Vec::new(), Vec::new());
+        for (name, data) in entries {
+            let offset = out.len() as u32;
+            let sizes = [(data.len() as u32).to_le_bytes(), (data.len() as u32).to_le_bytes()].concat();
+            out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+            out.extend_from_slice(&[0; 10]); // version, flags, method 0, time, date
+            out.extend_from_slice(&[0; 4]); // crc (not checked)
+            out.extend_from_slice(&sizes);
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&[0; 2]);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(data);
+            central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+            central.extend_from_slice(&[0; 12]); // versions, flags, method 0, time, date
+            central.extend_from_slice(&[0; 4]);
+            central.extend_from_slice(&sizes);
+            central.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            central.extend_from_slice(&[0; 12]); // extra, comment, disk, attributes
+            central.extend_from_slice(&offset.to_le_bytes());
+            central.extend_from_slice(name.as_bytes());
+        }
+        let cd_offset = out.len() as u32;
+        out.extend_from_slice(&central);
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+        out.extend_from_slice(&cd_offset.to_le_bytes());
+        out.extend_from_slice(&[0; 2]);
+        out
+    }
+
+    fn open(bytes: &[u8]) -> Result<TorchBinWeights, WeightError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pytorch_model.bin");
+        std::fs::write(&path, bytes).unwrap();
+        TorchBinWeights::open(&path)
+    }
+
+    /// `{"w": _rebuild_tensor_v2(FloatStorage "0", 0, size, stride)}` with `size` and `stride`
+    /// as pickled tuples.
+    fn state_dict(size: &[u8], stride: &[u8]) -> Vec<u8> {
+        let mut p: Vec<u8> = b"\x80\x02ccollections\nOrderedDict\n)RX\x01\x00\x00\x00w".to_vec();
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+        p.extend_from_slice(
+            b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQ",
+        );
+        p.extend_from_slice(b"K\x00");
+        p.extend_from_slice(size);
+        p.extend_from_slice(stride);
+        p.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtRs.");
+        p
+    }
+
+    #[test]
+    fn reads_a_stored_tensor() {
+        let pkl = state_dict(b"K\x02K\x03\x86", b"K\x03K\x01\x86");
+        let data: Vec<u8> = (0..24).collect();
+        let w = open(&zip(&[("archive/data.pkl", &pkl), ("archive/data/0", &data)])).unwrap();
+        assert_eq!(w.info("w"), Some((StDtype::F32, vec![2, 3])));
+        assert_eq!(w.bytes("w").unwrap().as_slice(), &data[..]);
+    }
+
+    #[test]
+    fn size_products_past_usize_are_rejected() {
+        // (2^32, 2^32): 2^64 elements wrapped to 0, which an empty storage "held".
+        let pkl = state_dict(b"\x8a\x05\x00\x00\x00\x00\x01\x8a\x05\x00\x00\x00\x00\x01\x86", b"K\x01K\x01\x86");
+        let e = open(&zip(&[("archive/data.pkl", &pkl), ("archive/data/0", &[])])).err().unwrap().to_string();
+        assert!(e.contains("tensor `w`: size [4294967296, 4294967296] has more than 2^64 bytes"), "{e}");
+    }
+
+    #[test]
+    fn offsets_near_usize_max_are_rejected() {
+        // A zip64 locator pointing at u64::MAX - 1, then an empty end-of-central-directory record.
+        let mut bytes = 0x0706_4b50u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&(u64::MAX - 1).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        bytes.extend_from_slice(&[0; 18]);
+        let e = zip_entries(&bytes, Path::new("w.bin")).unwrap_err().to_string();
+        assert!(e.contains("corrupt zip64 end record"), "{e}");
+        // A central directory entry whose zip64 extra field puts its data at u64::MAX - 1.
+        let mut bytes = zip(&[("a", b"x")]);
+        let cd = bytes.len() - 22 - (46 + 1);
+        bytes[cd + 42..cd + 46].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[cd + 30..cd + 32].copy_from_slice(&12u16.to_le_bytes());
+        let mut extra = 1u16.to_le_bytes().to_vec();
+        extra.extend_from_slice(&8u16.to_le_bytes());
+        extra.extend_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let eocd = bytes.split_off(cd + 47);
+        bytes.extend_from_slice(&extra);
+        bytes.extend_from_slice(&eocd);
+        let n = bytes.len();
+        bytes[n - 10..n - 6].copy_from_slice(&(47u32 + 12).to_le_bytes());
+        let e = zip_entries(&bytes, Path::new("w.bin")).unwrap_err().to_string();
+        assert!(e.contains("zip entry a: corrupt local header"), "{e}");
     }
 }

@@ -5,6 +5,7 @@ mod export;
 mod generate;
 mod inspect;
 mod perplexity;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -28,7 +29,20 @@ pub enum Command {
     Bench(bench::BenchArgs),
     Perplexity(perplexity::PerplexityArgs),
     Inspect(inspect::InspectArgs),
+    Verify(verify::VerifyArgs),
 }
+
+/// A command that ran and reported a failure it already printed (exit status 1).
+#[derive(Debug)]
+pub struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+impl std::error::Error for Failed {}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -37,5 +51,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }

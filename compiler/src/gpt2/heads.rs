@@ -107,6 +107,12 @@ pub(crate) fn question_answering(
     Ok((b.reshape(start, &[0, 0])?, b.reshape(end, &[0, 0])?))
 }
 
+/// Width of `multiple_choice_head`'s output: `GPT2DoubleHeadsModel` sets `config.num_labels = 1`
+/// before building it, so a projection to labels is to one label whatever config.json says.
+pub(crate) fn summary_width(c: &crate::checkpoint::Gpt2Config) -> usize {
+    if c.summary.use_proj && c.summary.proj_to_labels { 1 } else { c.n_embd }
+}
+
 /// `GPT2DoubleHeadsModel`'s `multiple_choice_head` (`GPT2SequenceSummary`) over `h4`
 /// [batch, choices, sequence, n_embd]; returns `mc_logits` and its dims. As in transformers,
 /// `last`, `first` and `mean` act on dim 1 of the 4-D hidden state (the choices), `cls_index`
@@ -148,13 +154,7 @@ pub(crate) fn multiple_choice(
             vec![Dim::sym(super::contract::BATCH), Dim::sym(super::contract::SEQUENCE)],
         ),
     };
-    let classes = if !s.use_proj {
-        e
-    } else if s.proj_to_labels && c.num_labels > 0 {
-        c.num_labels
-    } else {
-        e
-    };
+    let classes = summary_width(c);
     let mut out =
         if s.use_proj { linear(b, ctx, "multiple_choice_head.summary", true, pooled, e, classes)? } else { pooled };
     if let Some(act) = activation {

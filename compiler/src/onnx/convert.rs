@@ -114,7 +114,8 @@ pub fn model_skeleton(graph: &Graph, meta: &ModelMeta) -> pb::ModelProto {
         opset_import.push(pb::OperatorSetIdProto { domain: Some(d.to_string()), version: Some(1) });
     }
     pb::ModelProto {
-        ir_version: Some(pb::IR_VERSION),
+        // IR 10 unless the opset is newer than IR 10 may carry (opset 23 needs IR 11).
+        ir_version: Some(pb::IR_VERSION.max(pb::min_ir_version(graph.opset))),
         opset_import,
         producer_name: Some("gpt2c".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
