@@ -137,10 +137,8 @@ mod tests {
         let path = std::env::temp_dir().join(format!("gpt2c-proto-huge-{}.onnx", std::process::id()));
         let file = File::create(&path).unwrap();
         file.set_len(3 << 30).unwrap();
-        let started = std::time::Instant::now();
         let e = read_model(&path).unwrap_err();
         let _ = std::fs::remove_file(&path);
-        assert!(started.elapsed() < std::time::Duration::from_secs(1));
         let e = e.to_string();
         assert!(e.starts_with(&format!("{}: 3221225472 bytes is more than", path.display())), "{e}");
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use gpt2c_compiler::ExportOptions;
 use gpt2c_compiler::gpt2::{FloatType, GraphOptions, Precision, Quantize, Target};
+use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_compiler::verify::{Report, VerifyOptions, verify};
 use gpt2c_proto as pb;
@@ -78,6 +79,12 @@ fn verify_passes_on_every_fixture_export() {
     };
     let (_tmp, out) = export_fixture("tiny-default", &target_ort);
     assert_passes("tiny-default --target ort", &run(&out, Some(&fixture("tiny-default"))));
+    // The other layouts: verify finds onnx/model.onnx (transformers.js) and its external data.
+    for layout in [Layout::Genai, Layout::TransformersJs] {
+        let options = ExportOptions { layout, external_data: ExternalData::Always, ..Default::default() };
+        let (_tmp, out) = export_fixture("tiny-default", &options);
+        assert_passes(&format!("{layout:?}"), &run(&out, Some(&fixture("tiny-default"))));
+    }
 }
 
 /// Each quantization mode passes with its default tolerance on the backends that run it (tract

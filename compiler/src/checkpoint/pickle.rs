@@ -373,10 +373,8 @@ mod tests {
             p.extend_from_slice(b"h\x00h\x00\x86q\x00");
         }
         p.push(b'.');
-        let started = std::time::Instant::now();
         let e = load(&p).unwrap_err();
         assert!(e.contains("copies more than") && e.contains("memoized values"), "{e}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
         // A few levels are fine: 2^4 empty lists.
         let mut p = b"\x80\x02]q\x00".to_vec();
         for _ in 0..4 {

@@ -11,8 +11,7 @@ use std::path::{Component, Path};
 use gpt2c_proto::{self as pb, DataType};
 use serde::Serialize;
 
-/// The largest model file read: protobuf cannot encode a message over 2 GiB.
-pub const MAX_MODEL_BYTES: u64 = 2 << 30;
+pub use gpt2c_proto::MAX_MODEL_BYTES;
 
 /// What a finding is about (stable names in the JSON report).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
