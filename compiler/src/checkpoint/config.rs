@@ -356,7 +356,9 @@ impl Gpt2Config {
                 Ok(n) if n > MAX_DIM => {
                     Err(field(name, format!("{v} is too large; expected at most 2^40 ({MAX_DIM})")))
                 }
-                Ok(n) if n > 0 => Ok(n as usize),
+                Ok(n) if n > 0 => usize::try_from(n).map_err(|_| {
+                    field(name, format!("{v} is too large for this platform's {}-bit sizes", usize::BITS))
+                }),
                 _ => Err(field(name, format!("must be a positive integer, found {v}"))),
             }
         };

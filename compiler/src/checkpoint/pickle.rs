@@ -94,10 +94,11 @@ fn call(func: &Value, args: Value) -> Result<Value, String> {
     }
 }
 
-/// Bytes of memo copies allowed per byte of pickle, on top of [`COPY_BUDGET_MIN`].
+/// Bytes of memo copies allowed per byte of pickle, on top of [`COPY_BUDGET_MIN`]: a state dict's
+/// pickle copies about 24 per byte (each entry's key, tuples and tensor once or twice).
 const COPY_BUDGET_PER_BYTE: usize = 128;
-/// Bytes of memo copies any pickle may make (a GPT-2 state dict's pickle makes well under 1 MiB).
-const COPY_BUDGET_MIN: usize = 64 << 20;
+/// Bytes of memo copies any pickle may make.
+const COPY_BUDGET_MIN: usize = 1 << 20;
 
 /// Approximate heap bytes of `v`, counting at most a little past `limit`: the memo copies values
 /// where Python shares them, so each copy is charged against a budget.
@@ -127,11 +128,15 @@ fn copy_cost(v: &Value, limit: usize) -> usize {
 
 /// Reads a pickle (protocol 2 to 5, as `torch.save` writes) into a value.
 pub fn load(data: &[u8]) -> Result<Value, String> {
+    load_limited(data, COPY_BUDGET_MIN.saturating_add(data.len().saturating_mul(COPY_BUDGET_PER_BYTE)))
+}
+
+/// [`load`], with memo copies limited to `copy_limit` bytes.
+pub(super) fn load_limited(data: &[u8], copy_limit: usize) -> Result<Value, String> {
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: HashMap<u64, Value> = HashMap::new();
     // Memo reads and writes copy values: without a bound, a few hundred bytes that read an entry
     // twice, pair the copies and store the pair again build a value of 2^40 nodes.
-    let copy_limit = COPY_BUDGET_MIN.saturating_add(data.len().saturating_mul(COPY_BUDGET_PER_BYTE));
     let mut budget = copy_limit;
     let mut copy = |v: &Value| -> Result<Value, String> {
         let cost = copy_cost(v, budget);
@@ -367,7 +372,8 @@ mod tests {
     #[test]
     fn memo_copies_cannot_blow_up() {
         // An empty list, memoized as 0; then 64 times: read 0 twice, pair the copies, memoize
-        // the pair as 0. 390 bytes that would build a value of 2^64 nodes by copying.
+        // the pair as 0. 390 bytes that would build a value of 2^64 nodes by copying
+        // (fuzz/regressions/torch_pickle/memo-copies-blow-up.pkl).
         let mut p = b"\x80\x02]q\x00".to_vec();
         for _ in 0..64 {
             p.extend_from_slice(b"h\x00h\x00\x86q\x00");

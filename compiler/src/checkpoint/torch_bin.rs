@@ -286,6 +286,18 @@ mod tests {
     }
 
     #[test]
+    fn a_real_state_dict_copies_far_less_than_the_pickle_budget() {
+        // tiny-bin's 2621-byte pickle copies 62592 bytes of memoized values (24 per byte);
+        // `pickle::load` allows 128 per byte, and 1 MiB more.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/heads/tiny-bin/pytorch_model.bin");
+        let bytes = std::fs::read(path).unwrap();
+        let entries = zip_entries(&bytes, Path::new(path)).unwrap();
+        let pkl = &bytes[entries.iter().find(|(n, _)| n.ends_with("data.pkl")).unwrap().1.clone()];
+        assert!(matches!(pickle::load_limited(pkl, 32 * pkl.len()), Ok(Value::Dict(_))));
+        assert!(pickle::load_limited(pkl, 16 * pkl.len()).unwrap_err().contains("memoized values"));
+    }
+
+    #[test]
     fn offsets_near_usize_max_are_rejected() {
         // A zip64 locator pointing at u64::MAX - 1, then an empty end-of-central-directory record.
         let mut bytes = 0x0706_4b50u32.to_le_bytes().to_vec();

@@ -68,17 +68,19 @@ fn describe(path: &std::path::Path, model: &pb::ModelProto) -> Value {
     let mut by_dtype: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     let mut external: BTreeMap<String, u64> = BTreeMap::new();
     for t in &graph.initializer {
-        let n: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
+        // Dims come from the file: saturate rather than wrap (verify reports the inconsistency).
+        let n: u64 = t.dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64));
         let dtype = pb::data_type(t.data_type.unwrap_or(0)).ok();
-        let size = dtype.and_then(pb::element_size).map_or(0, |s| s as u64 * n);
+        let size = dtype.and_then(pb::element_size).map_or(0, |s| (s as u64).saturating_mul(n));
         let entry = by_dtype.entry(dtype.map_or("?".into(), |d| format!("{d:?}").to_lowercase())).or_default();
-        *entry = (entry.0 + 1, entry.1 + n, entry.2 + size);
-        elements += n;
-        bytes += size;
+        *entry = (entry.0 + 1, entry.1.saturating_add(n), entry.2.saturating_add(size));
+        elements = elements.saturating_add(n);
+        bytes = bytes.saturating_add(size);
         let get = |k: &str| t.external_data.iter().find(|e| e.key() == k).map(|e| e.value().to_string());
         if let Some(location) = get("location") {
             let length = get("length").and_then(|l| l.parse().ok()).unwrap_or(size);
-            *external.entry(location).or_default() += length;
+            let total = external.entry(location).or_default();
+            *total = total.saturating_add(length);
         }
     }
     json!({
@@ -156,6 +158,10 @@ fn print_text(d: &Value) {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let path = if args.model.is_dir() { args.model.join("model.onnx") } else { args.model.clone() };
+    let size = std::fs::metadata(&path).with_context(|| format!("{}: cannot read", path.display()))?.len();
+    if size > pb::MAX_MODEL_BYTES {
+        anyhow::bail!("{}: {size} bytes: not an ONNX model (protobuf's limit for one model is 2 GiB)", path.display());
+    }
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let model = pb::decode_model(&bytes).map_err(|e| anyhow::anyhow!("{}: not an ONNX model: {e}", path.display()))?;
     let description = describe(&path, &model);
