@@ -45,12 +45,11 @@ impl Contract {
         // Without pad_token_id, transformers' sequence classification takes one row at a time.
         let batch = if task == Task::TextClassification && c.pad_token_id.is_none() { "1" } else { BATCH };
         let mc = task == Task::MultipleChoice;
-        let tokens: Vec<&str> = if mc { vec![batch, "num_choices", SEQ] } else { vec![batch, SEQ] };
+        let lead: Vec<&str> = if mc { vec![batch, "num_choices"] } else { vec![batch] };
         let past = task.with_past();
-        let mut mask = tokens.clone();
-        if past {
-            *mask.last_mut().expect("token dims") = TOTAL;
-        }
+        let tokens = [lead.as_slice(), &[SEQ]].concat();
+        // The mask spans the cache too.
+        let mask = [lead.as_slice(), &[if past { TOTAL } else { SEQ }]].concat();
         let mut inputs =
             vec![port("input_ids", DataType::Int64, &tokens), port("attention_mask", DataType::Int64, &mask)];
         if task.takes_position_ids() {

@@ -312,16 +312,17 @@ fn compare_with_reference(
     let ckpt = Checkpoint::open(reference_dir).map_err(|e| VerifyError::Reference(e.to_string()))?;
     let model = reference::ReferenceModel::load(&ckpt, task).map_err(|e| VerifyError::Reference(e.to_string()))?;
     let mut rng = Rng::new(options.seed);
-    let mut cases = numeric::cases(&ckpt.config, task, &mut rng);
+    let mut cases = numeric::cases(&ckpt.config, task, &mut rng).map_err(VerifyError::Reference)?;
     // Expected outputs per case; the decode step is fed the padded batch's reference cache.
     let mut expected: Vec<Vec<(String, gpt2c_runtime::HostTensor)>> = Vec::new();
     for case in &cases {
         expected.push(run_reference(&model, case)?);
     }
     if task.with_past()
-        && let Some(last) = cases.last()
+        && let (Some(last), Some(presents)) = (cases.last(), expected.last())
     {
-        let step = numeric::decode_case(&ckpt.config, task, last, &expected[cases.len() - 1], &mut rng);
+        let step =
+            numeric::decode_case(&ckpt.config, task, last, presents, &mut rng).map_err(VerifyError::Reference)?;
         expected.push(run_reference(&model, &step)?);
         cases.push(step);
     }

@@ -89,12 +89,14 @@ impl Rng {
     }
 }
 
-fn tensor_i64(shape: Vec<usize>, data: Vec<i64>) -> HostTensor {
-    HostTensor::i64(shape, data).expect("shape matches data by construction")
+fn tensor_i64(shape: Vec<usize>, data: Vec<i64>) -> Result<HostTensor, String> {
+    let what = format!("{} int64 values for shape {shape:?}", data.len());
+    HostTensor::i64(shape, data).ok_or_else(|| format!("verify built a bad input: {what}"))
 }
 
-fn tensor_f32(shape: Vec<usize>, data: Vec<f32>) -> HostTensor {
-    HostTensor::f32(shape, data).expect("shape matches data by construction")
+fn tensor_f32(shape: Vec<usize>, data: Vec<f32>) -> Result<HostTensor, String> {
+    let what = format!("{} float values for shape {shape:?}", data.len());
+    HostTensor::f32(shape, data).ok_or_else(|| format!("verify built a bad input: {what}"))
 }
 
 /// Rows of token ids, left-padded to one width: (ids, mask), row-major.
@@ -126,7 +128,7 @@ fn positions(mask: &[i64], rows: usize, total: usize, seq: usize) -> Vec<i64> {
 
 /// The cases for `task`: a prompt, a left-padded batch and, with a cache, a decode step after it
 /// (its past inputs are filled from the batch's reference presents by [`decode_case`]).
-pub fn cases(c: &Gpt2Config, task: Task, rng: &mut Rng) -> Vec<Case> {
+pub fn cases(c: &Gpt2Config, task: Task, rng: &mut Rng) -> Result<Vec<Case>, String> {
     let vocab = c.vocab_size.max(1);
     let pad = c.pad_token_id.or(c.eos_token_ids.first().copied()).map_or(0, i64::from).clamp(0, vocab as i64 - 1);
     let len = 8.min(c.n_positions.max(2));
@@ -159,34 +161,34 @@ pub fn cases(c: &Gpt2Config, task: Task, rng: &mut Rng) -> Vec<Case> {
         let (lead, batch) = if task == Task::MultipleChoice { (vec![n / 2, 2], n / 2) } else { (vec![n], n) };
         let shape = [lead.clone(), vec![len]].concat();
         let mut inputs = vec![
-            ("input_ids".to_string(), tensor_i64(shape.clone(), ids)),
-            ("attention_mask".to_string(), tensor_i64(shape.clone(), mask.clone())),
+            ("input_ids".to_string(), tensor_i64(shape.clone(), ids)?),
+            ("attention_mask".to_string(), tensor_i64(shape.clone(), mask.clone())?),
         ];
         if task.takes_position_ids() {
-            inputs.push(("position_ids".into(), tensor_i64(shape.clone(), positions(&mask, n, len, len))));
+            inputs.push(("position_ids".into(), tensor_i64(shape.clone(), positions(&mask, n, len, len))?));
         }
         if task.with_past() {
             for i in 0..c.n_layer {
                 for kv in ["key", "value"] {
-                    let empty = tensor_f32(vec![batch, c.n_head, 0, c.head_dim], Vec::new());
+                    let empty = tensor_f32(vec![batch, c.n_head, 0, c.head_dim], Vec::new())?;
                     inputs.push((format!("past_key_values.{i}.{kv}"), empty));
                 }
             }
         }
         if task == Task::MultipleChoice {
             // Each choice's last real token.
-            inputs.push(("mc_token_ids".into(), tensor_i64(lead.clone(), vec![len as i64 - 1; n])));
+            inputs.push(("mc_token_ids".into(), tensor_i64(lead.clone(), vec![len as i64 - 1; n])?));
         }
         if task.cross_attends(c) {
             let states = (0..batch * enc_len * c.n_embd).map(|_| rng.normal_ish()).collect();
-            inputs.push(("encoder_hidden_states".into(), tensor_f32(vec![batch, enc_len, c.n_embd], states)));
+            inputs.push(("encoder_hidden_states".into(), tensor_f32(vec![batch, enc_len, c.n_embd], states)?));
             let mut enc_mask = vec![1; batch * enc_len];
             enc_mask[0] = 0; // one masked encoder state
-            inputs.push(("encoder_attention_mask".into(), tensor_i64(vec![batch, enc_len], enc_mask)));
+            inputs.push(("encoder_attention_mask".into(), tensor_i64(vec![batch, enc_len], enc_mask)?));
             if task.with_past() {
                 for i in 0..c.n_layer {
                     for kv in ["key", "value"] {
-                        let empty = tensor_f32(vec![batch, c.n_head, 0, c.head_dim], Vec::new());
+                        let empty = tensor_f32(vec![batch, c.n_head, 0, c.head_dim], Vec::new())?;
                         inputs.push((format!("past_key_values.{i}.encoder.{kv}"), empty));
                     }
                 }
@@ -196,7 +198,7 @@ pub fn cases(c: &Gpt2Config, task: Task, rng: &mut Rng) -> Vec<Case> {
             && c.summary.kind().is_ok_and(|k| k != crate::checkpoint::SummaryType::ClsIndex);
         out.push(Case { name, inputs, mask, rows: n, total: len, past: 0, mc_per_position });
     }
-    out
+    Ok(out)
 }
 
 /// The decode step after `previous`: one new token per row, fed `previous`'s reference presents.
@@ -206,7 +208,7 @@ pub fn decode_case(
     previous: &Case,
     presents: &[(String, HostTensor)],
     rng: &mut Rng,
-) -> Case {
+) -> Result<Case, String> {
     let rows = previous.rows;
     let total = previous.total + 1;
     let mut mask = Vec::with_capacity(rows * total);
@@ -216,9 +218,9 @@ pub fn decode_case(
     }
     let ids = (0..rows).map(|_| rng.below(c.vocab_size.max(1)) as i64).collect();
     let mut inputs = vec![
-        ("input_ids".to_string(), tensor_i64(vec![rows, 1], ids)),
-        ("attention_mask".to_string(), tensor_i64(vec![rows, total], mask.clone())),
-        ("position_ids".to_string(), tensor_i64(vec![rows, 1], positions(&mask, rows, total, 1))),
+        ("input_ids".to_string(), tensor_i64(vec![rows, 1], ids)?),
+        ("attention_mask".to_string(), tensor_i64(vec![rows, total], mask.clone())?),
+        ("position_ids".to_string(), tensor_i64(vec![rows, 1], positions(&mask, rows, total, 1))?),
     ];
     for (name, t) in presents {
         if let Some(rest) = name.strip_prefix("present.") {
@@ -228,12 +230,12 @@ pub fn decode_case(
     if task.cross_attends(c) {
         // The cross-attention cache carries the encoder: no new states, the same mask.
         let enc_mask = previous.inputs.iter().find(|(n, _)| n == "encoder_attention_mask").map(|(_, t)| t.clone());
-        inputs.push(("encoder_hidden_states".into(), tensor_f32(vec![rows, 0, c.n_embd], Vec::new())));
+        inputs.push(("encoder_hidden_states".into(), tensor_f32(vec![rows, 0, c.n_embd], Vec::new())?));
         if let Some(m) = enc_mask {
             inputs.push(("encoder_attention_mask".into(), m));
         }
     }
-    Case { name: "decode_step", inputs, mask, rows, total, past: previous.total, mc_per_position: false }
+    Ok(Case { name: "decode_step", inputs, mask, rows, total, past: previous.total, mc_per_position: false })
 }
 
 impl Case {
