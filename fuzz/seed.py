@@ -10,6 +10,9 @@
   target/release/gpt2c (or $GPT2C), tiny --random-init exports for each task, fp16, int8 and
   opset 14;
 - torch_pickle: the data.pkl of each models/**/pytorch_model.bin.
+- generate_settings: the generate() keyword arguments of every case in models/generation/*.json and
+  the settings that once crashed the driver (beam sampling with few candidates, huge counts),
+  each over a 40-token vocabulary with spread logits, ties and a NaN.
 
 Usage: python3 fuzz/seed.py    (from anywhere; uses only the standard library)
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fuzz"
 CORPUS = FUZZ / "corpus"
-TARGETS = ["safetensors_header", "config_json", "onnx_model", "torch_pickle"]
+TARGETS = ["safetensors_header", "config_json", "onnx_model", "torch_pickle", "generate_settings"]
 DTYPE_SIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
 
 # A GPT-2 small enough that its exports are ~10 KB.
@@ -113,6 +116,47 @@ def pickle_seeds(out: Path) -> int:
     return n
 
 
+# Settings that once crashed `gpt2c generate`, beside the fixtures' own.
+GENERATE_SEEDS = [
+    {"do_sample": True, "num_beams": 4, "top_k": 2},
+    {"do_sample": True, "num_beams": 64},
+    {"do_sample": True, "num_return_sequences": 3000000000},
+    {"num_beams": 3000000000},
+    {"max_time": 1e300},
+    {"suppress_tokens": list(range(40))},
+    {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0, "suppress_tokens": list(range(39))},
+]
+
+
+ID_KEYS = {"eos_token_id", "pad_token_id", "bos_token_id", "forced_bos_token_id", "forced_eos_token_id",
+           "suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "sequence_bias"}
+
+
+def in_vocab(value, vocab=40):
+    """Token ids of the fixtures' 1,000-token model mapped into the seeds' 40-token one."""
+    if isinstance(value, bool) or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value % vocab
+    return [in_vocab(v, vocab) for v in value]
+
+
+def generate_seeds(out: Path) -> int:
+    cases = [{k: in_vocab(v) if k in ID_KEYS else v for k, v in c["kwargs"].items()}
+             for f in sorted((ROOT / "models" / "generation").glob("*.json"))
+             for c in json.loads(f.read_text())["cases"]]
+    logits = bytearray()
+    for i in range(120):
+        logits += bytes([5 + i % 7, (i * 37) % 256])
+    logits += bytes([4, 0, 4, 0, 0, 0])  # a tie, another, then NaN
+    n = 0
+    for settings in cases + GENERATE_SEEDS:
+        header = bytes([39, 31, 0, 3, 1, 2, 3])
+        (out / f"seed-{n:03}").write_bytes(header + json.dumps(settings).encode() + b"\0" + bytes(logits))
+        n += 1
+    return n
+
+
 def main() -> None:
     for target in TARGETS:
         (CORPUS / target).mkdir(parents=True, exist_ok=True)
@@ -127,6 +171,7 @@ def main() -> None:
         "safetensors_header": safetensors_seeds(CORPUS / "safetensors_header"),
         "onnx_model": onnx_seeds(CORPUS / "onnx_model"),
         "torch_pickle": pickle_seeds(CORPUS / "torch_pickle"),
+        "generate_settings": generate_seeds(CORPUS / "generate_settings"),
     }
     for target, n in counts.items():
         print(f"{target}: {n} seeds from the repository, {len(list((CORPUS / target).iterdir()))} files in corpus/{target}")

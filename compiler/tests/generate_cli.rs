@@ -246,3 +246,161 @@ fn execution_providers_fall_back_softly_or_fail_when_strict() {
     refused(&strict, &["execution provider `cuda`"]);
     refused(&gpt2c(&[&base[..], &["--ep", "warp-drive"]].concat()), &["execution provider `warp-drive`: unknown"]);
 }
+
+/// A run that must succeed: exit 0, no panic text.
+fn succeeded(o: &Output) {
+    let err = stderr(o);
+    assert!(o.status.success(), "exit {:?}; stderr: {err}", o.status.code());
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+}
+
+/// Settings that once panicked or hung, now run: beam sampling whose filters leave fewer
+/// candidates than beams, and a time budget past what the clock can hold.
+#[test]
+fn beam_sampling_with_few_candidates_and_huge_durations_run() {
+    let (_tmp, dir) = exported();
+    for flags in [
+        &["--do-sample", "--num-beams", "4", "--top-k", "2", "--seed", "1", "--json"][..],
+        &["--do-sample", "--num-beams", "64", "--seed", "2", "--json"],
+        &["--do-sample", "--num-beams", "4", "--top-k", "1", "--num-return-sequences", "4", "--json"],
+        &["--max-time", "1e300", "--json"],
+    ] {
+        let mut args = vec!["generate", dir.as_str(), "--prompt", "Hi", "--max-new-tokens", "5", "--backend", "tract"];
+        args.extend_from_slice(flags);
+        let o = gpt2c(&args);
+        succeeded(&o);
+        let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let sequences = out["sequences"].as_array().unwrap();
+        assert!(!sequences.is_empty() && sequences.len() <= 4, "{flags:?}: {} sequences", sequences.len());
+        for s in sequences {
+            let n = s["token_ids"].as_array().unwrap().len();
+            assert!((1..=5).contains(&n), "{flags:?}: {n} new tokens");
+            assert!(s["score"].is_null() || s["score"].as_f64().unwrap().is_finite(), "{flags:?}: {s}");
+        }
+    }
+}
+
+/// Every setting out of range is one message naming it, exit 2, nothing on stdout, from the
+/// command line and from generation_config.json alike.
+#[test]
+fn out_of_range_settings_name_the_setting() {
+    let (_tmp, dir) = exported();
+    let cases: [(&[&str], &str); 10] = [
+        (&["--do-sample", "--num-return-sequences", "3000000000"], "`num_return_sequences`"),
+        (&["--num-beams", "3000000000"], "`num_beams`"),
+        (&["--num-beams", "70000"], "`num_beams`"),
+        (&["--max-new-tokens", "18446744073709551615"], "`max_new_tokens`"),
+        (&["--temperature", "nan"], "`temperature`"),
+        (&["--do-sample", "--temperature", "inf"], "`temperature`"),
+        (&["--max-time", "nan"], "`max_time`"),
+        (&["--max-time", "inf"], "`max_time`"),
+        (&["--repetition-penalty", "nan"], "`repetition_penalty`"),
+        (&["--threads", "100000"], "`threads`"),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["generate", dir.as_str(), "--prompt", "Hello", "--backend", "tract"];
+        args.extend_from_slice(flags);
+        refused(&gpt2c(&args), &[needle]);
+    }
+    for (file, needle) in [
+        (r#"{"num_beams": 3000000000}"#, "`num_beams`"),
+        (r#"{"max_time": 1e300, "min_new_tokens": 18446744073709551615}"#, "`min_new_tokens`"),
+        (r#"{"top_p": -0.5}"#, "`top_p`"),
+    ] {
+        std::fs::write(Path::new(&dir).join("generation_config.json"), file).unwrap();
+        refused(&gpt2c(&["generate", &dir, "--prompt", "Hello", "--backend", "tract"]), &[needle]);
+    }
+    // A huge time budget from the file saturates instead of overflowing.
+    std::fs::write(Path::new(&dir).join("generation_config.json"), r#"{"max_time": 1e300}"#).unwrap();
+    succeeded(&gpt2c(&["generate", &dir, "--prompt", "Hello", "--max-new-tokens", "3", "--backend", "tract"]));
+    // The thread bound applies to every command that runs a model.
+    refused(&gpt2c(&["bench", &dir, "--backend", "tract", "--threads", "100000"]), &["`threads`"]);
+    refused(&gpt2c(&["generate", &dir, "--prompt", "Hi", "--threads", "0"]), &["`threads`", "at least 1"]);
+}
+
+/// Every token suppressed is a message naming the setting, not a panic or token 0.
+#[test]
+fn every_token_suppressed_names_the_setting() {
+    let (_tmp, dir) = exported();
+    let all: Vec<String> = (0..1000).map(|t| t.to_string()).collect();
+    let all = all.join(",");
+    for mode in [&[][..], &["--do-sample", "--seed", "1"], &["--num-beams", "3"]] {
+        let mut args =
+            vec!["generate", dir.as_str(), "--prompt", "Hello", "--backend", "tract", "--suppress-tokens", &all];
+        args.extend_from_slice(mode);
+        refused(&gpt2c(&args), &["`suppress_tokens`", "no token to choose"]);
+    }
+}
+
+/// `gpt2c bench --num-beams` reports per-step latencies, never NaN.
+#[test]
+fn bench_with_beams_reports_numbers() {
+    let (_tmp, dir) = exported();
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", dir.as_str(), "--backend", "tract", "--num-beams", "2", "--prompt-tokens", "8"];
+        args.extend_from_slice(&["--repeat", "1", "--warmup", "0"]);
+        args.extend_from_slice(extra);
+        gpt2c(&args)
+    };
+    let o = bench(&["--new-tokens", "4", "--json"]);
+    succeeded(&o);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!text.contains("NaN") && !text.contains("null"), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in ["prefill_ms", "decode_tok_s", "token_ms_p50", "token_ms_p90", "token_ms_p99"] {
+        assert!(report[key].as_f64().is_some_and(|v| v.is_finite() && v > 0.0), "{key}: {report}");
+    }
+    let o = bench(&["--new-tokens", "3"]);
+    succeeded(&o);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("NaN"));
+}
+
+/// A model file that holds no graph (empty, or bytes that decode as an empty ModelProto) is refused.
+#[test]
+fn inspect_refuses_a_file_without_a_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty.onnx");
+    std::fs::write(&empty, b"").unwrap();
+    refused(&gpt2c(&["inspect", empty.to_str().unwrap()]), &["empty.onnx", "hold no graph"]);
+    // A valid protobuf of another message: field 1 as a varint (ir_version 7), no graph.
+    let other = tmp.path().join("other.onnx");
+    std::fs::write(&other, [0x08, 0x07]).unwrap();
+    refused(&gpt2c(&["inspect", other.to_str().unwrap(), "--json"]), &["hold no graph"]);
+}
+
+/// Every command that prints ends as a success when its reader has gone (`| head -1`): the pipe
+/// is closed before the command starts, so every write fails.
+#[test]
+fn a_closed_stdout_is_success_for_every_command() {
+    let (tmp, dir) = exported();
+    let text = tmp.path().join("text.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog ".repeat(20)).unwrap();
+    let out2 = tmp.path().join("again");
+    let ckpt = models().join("tiny-default");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["export", ckpt.to_str().unwrap(), "-o", out2.to_str().unwrap()],
+        vec!["inspect", &dir],
+        vec!["inspect", &dir, "--json"],
+        vec!["verify", &dir, "--backends", "tract"],
+        vec!["verify", &dir, "--backends", "tract", "--json"],
+        vec!["generate", &dir, "--prompt", "Hello", "--max-new-tokens", "3", "--backend", "tract"],
+        vec!["generate", &dir, "--prompt", "Hello", "--max-new-tokens", "3", "--backend", "tract", "--json"],
+        vec!["generate", &dir, "--prompt", "A", "--prompt", "B", "--max-new-tokens", "2", "--backend", "tract"],
+        vec!["bench", &dir, "--backend", "tract", "--prompt-tokens", "4", "--new-tokens", "2", "--repeat", "1"],
+        vec!["perplexity", &dir, "--text", text.to_str().unwrap(), "--backend", "tract", "--max-length", "32"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_gpt2c"))
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert!(o.status.success(), "{args:?}: exit {:?}; stderr: {err}", o.status.code());
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -94,7 +94,7 @@ fn config(overrides: Value) -> GenerationConfig {
 }
 
 fn driver(c: &mut Criterion) {
-    let limits = ModelLimits { vocab_size: VOCAB, n_positions: 1024 };
+    let limits = ModelLimits::new(VOCAB, 1024);
     let prompts = vec![prompt()];
     let cases = [
         ("greedy", json!({})),

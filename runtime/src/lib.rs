@@ -10,6 +10,7 @@ pub mod backend;
 pub mod generate;
 pub mod model;
 pub mod perplexity;
+pub mod playback;
 pub mod session;
 pub mod specialize;
 pub mod tensor;

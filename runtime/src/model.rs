@@ -62,9 +62,28 @@ fn d_head() -> usize {
     12
 }
 
+/// The largest size config.json may give (as the compiler's loader allows).
+const MAX_CONFIG_SIZE: usize = 1 << 40;
+
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head.max(1)
+    }
+
+    /// What generation is held to for this model: its vocabulary and context, and the bytes of
+    /// cache each row and position costs (every layer's key and value, counted as f32, in each of
+    /// the engine's buffer sets: an upper bound for fp16 caches).
+    pub fn limits(&self) -> crate::generate::ModelLimits {
+        let u = |x: usize| u64::try_from(x).unwrap_or(u64::MAX);
+        let per_position = [u(self.n_layer), 2, u(self.n_embd), 4, crate::generate::limits::CACHE_BUFFER_SETS]
+            .into_iter()
+            .fold(1u64, u64::saturating_mul);
+        crate::generate::ModelLimits {
+            vocab_size: self.vocab_size,
+            n_positions: self.n_positions,
+            cache_bytes_per_position: per_position,
+            n_head: self.n_head,
+        }
     }
 }
 
@@ -105,7 +124,20 @@ impl ExportedModel {
         let config_json = read_json(&config_path)?;
         let config: ModelConfig = serde_json::from_value(Value::Object(config_json.clone()))
             .map_err(|e| ModelError::File { path: config_path.clone(), message: e.to_string() })?;
-        if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) || config.n_layer == 0 {
+        let sizes = [
+            ("vocab_size", config.vocab_size),
+            ("n_positions", config.n_positions),
+            ("n_embd", config.n_embd),
+            ("n_layer", config.n_layer),
+            ("n_head", config.n_head),
+        ];
+        if let Some((field, value)) = sizes.iter().find(|(_, v)| *v == 0 || *v > MAX_CONFIG_SIZE) {
+            return Err(ModelError::File {
+                path: config_path,
+                message: format!("`{field}` ({value}) must be between 1 and 2^40"),
+            });
+        }
+        if !config.n_embd.is_multiple_of(config.n_head) {
             return Err(ModelError::File {
                 path: config_path,
                 message: format!(

@@ -66,6 +66,33 @@ pub trait DecoderSession {
     fn reset(&mut self);
 }
 
+/// `inner`, with each forward pass's last-position logits shown to `on_forward` as it returns:
+/// for recording what a model produced, or timing its steps.
+pub struct Observed<'a> {
+    pub inner: &'a mut dyn DecoderSession,
+    pub on_forward: &'a mut dyn FnMut(&Logits),
+}
+
+impl DecoderSession for Observed<'_> {
+    fn forward(&mut self, step: &StepInput<'_>) -> Result<Logits, RuntimeError> {
+        let logits = self.inner.forward(step)?;
+        (self.on_forward)(&logits);
+        Ok(logits)
+    }
+    fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
+        self.inner.forward_all(step)
+    }
+    fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError> {
+        self.inner.select_rows(rows)
+    }
+    fn past_len(&self) -> usize {
+        self.inner.past_len()
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+}
+
 /// The token inputs of one step, as the graph takes them.
 pub struct TokenInputs<'a> {
     pub rows: usize,

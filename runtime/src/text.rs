@@ -40,6 +40,18 @@ pub enum TextError {
     Tokenizer(String),
 }
 
+impl TextError {
+    /// The request field the error is about (a generation setting, `prompt`), when there is one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            TextError::Generate(e) => e.param(),
+            TextError::Model(ModelError::Runtime(crate::backend::RuntimeError::Setting { field, .. })) => Some(field),
+            TextError::Tokenizer(_) => Some("prompt"),
+            TextError::Model(_) => None,
+        }
+    }
+}
+
 /// A loaded model ready to generate text.
 pub struct TextGenerator {
     pub model: ExportedModel,
@@ -105,7 +117,7 @@ impl TextGenerator {
     }
 
     pub fn limits(&self) -> ModelLimits {
-        ModelLimits { vocab_size: self.model.config.vocab_size, n_positions: self.model.config.n_positions }
+        self.model.config.limits()
     }
 
     /// Encodes prompts, generates, decodes. `on_text(sequence, piece)` receives

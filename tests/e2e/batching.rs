@@ -2,7 +2,7 @@
 
 use gpt2c_compiler::ExportOptions;
 use gpt2c_runtime::generate::GenerationConfig;
-use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions, generate};
+use gpt2c_runtime::{ExportedModel, RunnerOptions, generate};
 use gpt2c_tests::{backends, export_fixture};
 use serde_json::{Value, json};
 
@@ -11,7 +11,7 @@ fn batched_prompts_match_single_prompts() {
     let (_tmp, out) = export_fixture("tiny-default", &ExportOptions::default());
     let model = ExportedModel::open(&out).unwrap();
     let tokenizer = model.tokenizer().unwrap();
-    let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
+    let limits = model.config.limits();
     let prompts: Vec<Vec<u32>> = ["The quick brown fox jumps over", "Hello", "A short one, then"]
         .iter()
         .map(|t| tokenizer.encode(t).unwrap())

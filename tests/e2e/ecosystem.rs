@@ -32,6 +32,7 @@ fn greedy_cases(file: &str) -> Vec<(Vec<u64>, Vec<u64>)> {
         .flat_map(|c| {
             let prompts: Vec<Vec<u64>> = c["prompts"].as_array().unwrap().iter().map(ids).collect();
             let sequences: Vec<Vec<u64>> = c["sequences"].as_array().unwrap().iter().map(ids).collect();
+            assert_eq!(prompts.len(), sequences.len(), "{}: one sequence per prompt", c["name"]);
             prompts.into_iter().zip(sequences).collect::<Vec<_>>()
         })
         .collect()
@@ -64,6 +65,7 @@ fn onnxruntime_genai_generates_transformers_greedy_ids() {
     let cases = greedy_cases("generation/tiny-default.json");
     assert!(!cases.is_empty());
     let got = genai_generate(&python, &out, &cases);
+    assert_eq!(got.len(), cases.len(), "onnxruntime-genai returned one result per case");
     for ((_, want), got) in cases.iter().zip(&got) {
         assert_eq!(got, want, "onnxruntime-genai on tiny-default");
     }
@@ -73,7 +75,9 @@ fn onnxruntime_genai_generates_transformers_greedy_ids() {
     gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &options, &mut |_| {}).unwrap();
     let cases = greedy_cases("generation/tiny-trained.json");
     assert!(!cases.is_empty());
-    for ((_, want), got) in cases.iter().zip(&genai_generate(&python, &out, &cases)) {
+    let got = genai_generate(&python, &out, &cases);
+    assert_eq!(got.len(), cases.len(), "onnxruntime-genai returned one result per case");
+    for ((_, want), got) in cases.iter().zip(&got) {
         assert_eq!(got, want, "onnxruntime-genai on tiny-trained");
     }
 }
@@ -97,7 +101,9 @@ fn optimum_generates_transformers_greedy_ids() {
             .output()
             .unwrap();
         assert!(out.status.success(), "optimum: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+        let got: Vec<Vec<u64>> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got.len(), cases.len(), "optimum returned one result per case");
+        got
     };
     let (_tmp, out) = export_fixture("tiny-default", &ExportOptions::default());
     let cases = greedy_cases("generation/tiny-default.json");
@@ -152,7 +158,9 @@ fn transformersjs_generates_transformers_greedy_ids() {
             .output()
             .unwrap();
         assert!(out.status.success(), "transformers.js: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+        let got: Vec<Vec<u64>> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got.len(), cases.len(), "transformers.js returned one result per case");
+        got
     };
     let cases = greedy_cases("generation/tiny-default.json");
     let fp32 = run("tiny", "fp32", &cases, &fixture("tiny-default"), Default::default());

@@ -9,7 +9,7 @@ use gpt2c_compiler::ExportOptions;
 use gpt2c_compiler::gpt2::{GraphOptions, Precision, Target};
 use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::GenerationConfig;
-use gpt2c_runtime::{BackendKind, ExportedModel, ModelLimits, RunnerOptions, generate};
+use gpt2c_runtime::{BackendKind, ExportedModel, RunnerOptions, generate};
 use gpt2c_tests::{backends, export_fixture, fixture, shared_dir};
 use serde_json::{Map, Value};
 
@@ -57,7 +57,7 @@ fn ort_only() -> Vec<BackendKind> {
 fn check_cases_on(export_dir: &Path, cases: &[Case], kinds: &[BackendKind]) {
     let model = ExportedModel::open(export_dir).unwrap();
     let tokenizer = model.tokenizer().unwrap();
-    let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
+    let limits = model.config.limits();
     // Full logits as exported, and the last-position specialization generation uses.
     for (kind, logits) in kinds.iter().flat_map(|&k| [(k, LogitsScope::All), (k, LogitsScope::Last)]) {
         let mut session = model.session(kind, &RunnerOptions { logits, ..Default::default() }).unwrap();

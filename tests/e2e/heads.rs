@@ -83,9 +83,17 @@ fn classification_heads_match_transformers() {
         let reference = Reference::load(&head_fixture(name).join("reference.safetensors"));
         let (mask, shape) = mask_of(&reference, "attention_mask");
         let (_tmp, out) = export_head(name, None);
-        // Per-token outputs compare where the token is real; pooled logits everywhere.
-        let keep = |_: &str, i: &[usize]| i.len() < 2 || shape.len() < 2 || mask[i[0] * shape[1] + i[1]] == 1;
-        check(name, &out, &reference, "", &inputs, &[], &keep);
+        // Per-token outputs ([batch, sequence, ...]) compare where the token is real; sequence
+        // classification pools each row into [batch, labels], compared everywhere.
+        let pooled = name.starts_with("seq-cls");
+        assert_eq!(shape.len(), 2, "{name}: attention_mask is [batch, sequence]");
+        let keep = |_: &str, i: &[usize]| pooled || mask[i[0] * shape[1] + i[1]] == 1;
+        let outputs = check(name, &out, &reference, "", &inputs, &[], &keep);
+        if pooled {
+            let labels = reference.get("logits");
+            assert_eq!(labels.shape, vec![shape[0], labels.shape[1]], "{name}: pooled logits are [batch, labels]");
+            assert!(outputs.iter().any(|(n, t)| n == "logits" && t.shape == labels.shape), "{name}: {outputs:?}");
+        }
     }
 }
 

@@ -15,14 +15,12 @@ use std::path::Path;
 use std::process::Command;
 
 use gpt2c_compiler::ExportOptions;
-use gpt2c_compiler::gpt2::{FloatType, GraphOptions, Precision, Quantize, Target, single_linear_graph};
+use gpt2c_compiler::gpt2::{FloatType, GraphOptions, Part, Precision, Quantize, Target, single_linear_graph};
 use gpt2c_compiler::onnx::{ModelMeta, encode_inline};
 use gpt2c_proto as pb;
 use gpt2c_runtime::generate::GenerationConfig;
 use gpt2c_runtime::perplexity::perplexity;
-use gpt2c_runtime::{
-    BackendKind, ExportedModel, GraphOptimization, HostTensor, ModelLimits, RunnerOptions, generate, load_runner,
-};
+use gpt2c_runtime::{BackendKind, ExportedModel, GraphOptimization, HostTensor, RunnerOptions, generate, load_runner};
 use gpt2c_tests::{backends, empty_past, export_fixture, fixture, max_abs_diff, python_with_onnx, shared_dir};
 
 fn mode(quantize: Quantize, target: Target) -> Precision {
@@ -34,15 +32,17 @@ fn fp16(io: FloatType) -> Precision {
 }
 
 /// Every mode with its name, the opset it needs, and the largest logit difference allowed against fp32
-/// on the tiny-default fixture (logits span about ±6).
-fn modes() -> Vec<(&'static str, Precision, i64, f32)> {
+/// on the tiny-default fixture (logits span about ±6). int4 on these random weights moves logits by
+/// as much as they span, so no difference to fp32 bounds it: it is held to the model with its
+/// weights dequantized (`int4_computes_its_dequantized_weights`) and to a perplexity cost.
+fn modes() -> Vec<(&'static str, Precision, i64, Option<f32>)> {
     vec![
-        ("fp16", fp16(FloatType::Fp32), 18, 0.05),
-        ("fp16-io16", fp16(FloatType::Fp16), 18, 0.05),
-        ("int8", mode(Quantize::Int8, Target::Portable), 18, 0.6),
-        ("int8-weights", mode(Quantize::Int8Weights, Target::Portable), 18, 0.4),
-        ("int4-ort", mode(Quantize::Int4, Target::Ort), 23, 9.0),
-        ("int4-portable", mode(Quantize::Int4, Target::Portable), 21, 9.0),
+        ("fp16", fp16(FloatType::Fp32), 18, Some(0.05)),
+        ("fp16-io16", fp16(FloatType::Fp16), 18, Some(0.05)),
+        ("int8", mode(Quantize::Int8, Target::Portable), 18, Some(0.6)),
+        ("int8-weights", mode(Quantize::Int8Weights, Target::Portable), 18, Some(0.4)),
+        ("int4-ort", mode(Quantize::Int4, Target::Ort), 23, None),
+        ("int4-portable", mode(Quantize::Int4, Target::Portable), 21, None),
     ]
 }
 
@@ -245,10 +245,22 @@ fn every_mode_exports_checks_and_runs() {
             let got = logits_of(kind, &dir, fp16_io).unwrap_or_else(|e| panic!("{name} on {}: {e}", kind.name()));
             let d = max_abs_diff(&got, &want, Some(&valid));
             eprintln!("{name} on {}: max |logit - fp32 logit| = {d}", kind.name());
-            assert!(d <= tolerance, "{name} on {}: logits differ from fp32 by {d} (allowed {tolerance})", kind.name());
+            if let Some(tolerance) = tolerance {
+                assert!(
+                    d <= tolerance,
+                    "{name} on {}: logits differ from fp32 by {d} (allowed {tolerance})",
+                    kind.name()
+                );
+            }
+            let spread = got.as_f32().unwrap().iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                spread > 1.0 && d.is_finite(),
+                "{name} on {}: logits are degenerate (max |logit| {spread})",
+                kind.name()
+            );
             // The decoding session (its cache in the graph's float type) generates through the mode too.
             let model = ExportedModel::open(&dir).unwrap();
-            let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
+            let limits = model.config.limits();
             let config = GenerationConfig::from_json(
                 &model.generation_json,
                 &serde_json::Map::from_iter([
@@ -262,6 +274,141 @@ fn every_mode_exports_checks_and_runs() {
                 .unwrap_or_else(|e| panic!("{name} on {}: generate: {e}", kind.name()));
             assert_eq!(out.sequences[0].len(), 3 + 6, "{name} on {}", kind.name());
         }
+    }
+}
+
+/// A `[k, n]` weight quantized to 4 bits in blocks of 32 along K and dequantized, from the format's
+/// definition: the block's value of largest magnitude `m` gives the scale `m / -8`, values are
+/// `clamp(round_half_even(w / scale), -8, 7) × scale`.
+fn int4_dequantized(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; k * n];
+    for start in (0..k).step_by(32) {
+        let rows = start..(start + 32).min(k);
+        for c in 0..n {
+            let m = rows.clone().map(|r| w[r * n + c]).fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+            let scale = m / -8.0;
+            for r in rows.clone() {
+                let q = if scale == 0.0 { 0.0 } else { (w[r * n + c] / scale).round_ties_even().clamp(-8.0, 7.0) };
+                out[r * n + c] = q * scale;
+            }
+        }
+    }
+    out
+}
+
+/// A `[rows, cols]` table quantized to int8 with one scale and zero point per row and dequantized:
+/// the row's range widened to include 0, `scale = (max - min) / 255`, `zero_point = round(-min /
+/// scale) - 128`, `q = clamp(round(w / scale) + zero_point, -128, 127)`, value `(q - zero_point) × scale`.
+fn int8_rows_dequantized(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    for r in 0..rows {
+        let row = &w[r * cols..(r + 1) * cols];
+        let (min, max) = row.iter().fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let scale = if max > min { (max - min) / 255.0 } else { 1.0 };
+        let zp = ((-min / scale).round_ties_even() - 128.0).clamp(-128.0, 127.0);
+        out.extend(
+            row.iter().map(|&x| ((x / scale).round_ties_even() + zp).clamp(-128.0, 127.0) - zp).map(|q| q * scale),
+        );
+    }
+    out
+}
+
+/// `models/tiny-default` with every block linear weight replaced by its dequantized int4 values and
+/// the token embedding by its dequantized int8 rows; the LM head keeps the original table (untied).
+fn dequantized_checkpoint(dir: &Path) {
+    let src = fixture("tiny-default");
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "generation_config.json"] {
+        if src.join(f).is_file() {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["tie_word_embeddings"] = serde_json::json!(false);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut changed = 0;
+    for (name, view) in st.tensors() {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        let shape = view.shape().to_vec();
+        let w: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let linear = ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"];
+        if linear.iter().any(|l| name.ends_with(l)) {
+            tensors.push((name.clone(), shape.clone(), int4_dequantized(&w, shape[0], shape[1])));
+            changed += 1;
+        } else if name.ends_with("wte.weight") {
+            tensors.push(("lm_head.weight".into(), shape.clone(), w.clone()));
+            tensors.push((name.clone(), shape.clone(), int8_rows_dequantized(&w, shape[0], shape[1])));
+            changed += 1;
+        } else {
+            tensors.push((name.clone(), shape, w));
+        }
+    }
+    assert_eq!(changed, 2 * 4 + 1, "tiny-default has 2 layers of 4 linears and one embedding");
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.into_iter().map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// Logits for the fixture's padded batch on ONNX Runtime with semantics-preserving rewrites only (its
+/// extended optimizer would turn DequantizeLinear → MatMul into a MatMulNBits that quantizes the
+/// activations).
+fn exact_logits(dir: &Path) -> HostTensor {
+    let reference = gpt2c_tests::Reference::load(&fixture("tiny-default").join("reference.safetensors"));
+    let options = RunnerOptions { optimization: GraphOptimization::Basic, ..Default::default() };
+    let mut r = load_runner(BackendKind::Ort, &dir.join("model.onnx"), &options).unwrap();
+    let past = empty_past(2, 2, 4, 8);
+    let mut inputs = vec![
+        ("input_ids", reference.get("c.input_ids")),
+        ("attention_mask", reference.get("c.attention_mask")),
+        ("position_ids", reference.get("c.position_ids")),
+    ];
+    inputs.extend(past.iter().map(|(n, t)| (n.as_str(), t)));
+    r.run(&inputs).unwrap().swap_remove(0).1
+}
+
+/// int4 with float activations (`MatMulNBits` at accuracy_level 0 on the ORT target; blocked
+/// DequantizeLinear on the portable graph) computes what the same model computes with its block
+/// weights replaced by their dequantized int4 values and its embedding by its dequantized int8 rows:
+/// within 1e-4 on logits spanning ±6, while it differs from the fp32 model by far more. The LM head
+/// is skipped here because int4 runs it as the int8 dynamic matmul, which quantizes activations
+/// (held to the perplexity bound with the rest of the default int4 mode).
+#[test]
+fn int4_computes_its_dequantized_weights() {
+    if !backends().contains(&BackendKind::Ort) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("dequantized");
+    dequantized_checkpoint(&ckpt);
+    let reference = tmp.path().join("reference");
+    gpt2c_compiler::export(&ckpt, &reference, &ExportOptions::default(), &mut |_| {}).unwrap();
+    let want = exact_logits(&reference);
+    let (_t, fp32) = export_fixture("tiny-default", &ExportOptions::default());
+    let original = exact_logits(&fp32);
+    let reference_inputs = gpt2c_tests::Reference::load(&fixture("tiny-default").join("reference.safetensors"));
+    let mask = reference_inputs.get("c.attention_mask").as_i64().unwrap().to_vec();
+    let valid = move |i: &[usize]| mask[i[0] * 7 + i[1]] == 1;
+    for (name, target, opset) in [("int4-ort", Target::Ort, 23), ("int4-portable", Target::Portable, 21)] {
+        let precision = Precision { quantize: Quantize::Int4, target, skip: vec![Part::LmHead], ..Default::default() };
+        let options =
+            ExportOptions { graph: GraphOptions { opset, precision, ..Default::default() }, ..Default::default() };
+        let (_tmp, dir) = export_fixture("tiny-default", &options);
+        let got = exact_logits(&dir);
+        let d = max_abs_diff(&got, &want, Some(&valid));
+        let moved = max_abs_diff(&got, &original, Some(&valid));
+        eprintln!("{name}: max |logit - dequantized model's| = {d:.2e}; vs fp32 {moved:.3}");
+        assert!(d <= 1e-4, "{name}: differs from the dequantized model by {d}");
+        assert!(moved > 0.05, "{name}: no quantization error at all ({moved}): the comparison proves nothing");
     }
 }
 
@@ -289,31 +436,39 @@ fn perplexity_matches_transformers() {
     }
 }
 
-/// The precision issue's accuracy bounds, on the held-out text's first 2,048 tokens:
-/// perplexity over fp32 at most +0.1% for fp16, +1.5% for int8, +0.5% for int8-weights.
+/// What each mode costs in perplexity over fp32, on a model that has learned its domain:
+/// `../shared/models/vim-small` (held-out perplexity ~18; tiny-trained's is in the hundreds, where
+/// every mode costs under 1%) over the first 4,096 tokens of its held-out text: at most +0.1% for
+/// fp16, +0.5% for int8-weights, +1.5% for int8 and +5% for int4 (both forms, with ONNX Runtime's
+/// default optimizations, as a user runs them).
 #[test]
 fn perplexity_cost_of_each_mode_is_within_bounds() {
     let Some(shared) = shared_dir() else { return };
-    let text = std::fs::read_to_string(fixture("heldout/tiny-trained-heldout.txt")).unwrap();
+    let model_dir = shared.join("models/vim-small");
+    let text = std::fs::read_to_string(model_dir.join("heldout.txt")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let ppl = |name: &str, precision: Precision| -> f64 {
+    let ppl = |name: &str, precision: Precision, opset: i64| -> f64 {
         let out = tmp.path().join(name);
         let options =
-            ExportOptions { graph: GraphOptions { opset: 18, precision, ..Default::default() }, ..Default::default() };
-        gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &options, &mut |_| {}).unwrap();
+            ExportOptions { graph: GraphOptions { opset, precision, ..Default::default() }, ..Default::default() };
+        gpt2c_compiler::export(&model_dir, &out, &options, &mut |_| {}).unwrap();
         let model = ExportedModel::open(&out).unwrap();
-        let ids: Vec<u32> = model.tokenizer().unwrap().encode(&text).unwrap().into_iter().take(2048).collect();
+        let ids: Vec<u32> = model.tokenizer().unwrap().encode(&text).unwrap().into_iter().take(4096).collect();
+        assert_eq!(ids.len(), 4096, "held-out text too short");
         let kind = *backends().first().unwrap();
         let mut session = model.session(kind, &RunnerOptions::default()).unwrap();
-        perplexity(session.as_mut(), &ids, 512, 256, model.config.n_positions, &mut |_, _| {}).unwrap().perplexity
+        perplexity(session.as_mut(), &ids, 256, 128, model.config.n_positions, &mut |_, _| {}).unwrap().perplexity
     };
-    let base = ppl("fp32", Precision::default());
-    for (name, precision, bound) in [
-        ("fp16", fp16(FloatType::Fp32), 0.001),
-        ("int8", mode(Quantize::Int8, Target::Portable), 0.015),
-        ("int8-weights", mode(Quantize::Int8Weights, Target::Portable), 0.005),
+    let base = ppl("fp32", Precision::default(), 18);
+    assert!(base > 5.0 && base < 40.0, "vim-small's fp32 perplexity {base} is not the trained model's");
+    for (name, precision, opset, bound) in [
+        ("fp16", fp16(FloatType::Fp32), 18, 0.001),
+        ("int8-weights", mode(Quantize::Int8Weights, Target::Portable), 18, 0.005),
+        ("int8", mode(Quantize::Int8, Target::Portable), 18, 0.015),
+        ("int4-ort", mode(Quantize::Int4, Target::Ort), 23, 0.05),
+        ("int4-portable", mode(Quantize::Int4, Target::Portable), 21, 0.05),
     ] {
-        let p = ppl(name, precision);
+        let p = ppl(name, precision, opset);
         let increase = p / base - 1.0;
         eprintln!("{name}: perplexity {p:.3} vs fp32 {base:.3} ({:+.3}%)", increase * 100.0);
         assert!(

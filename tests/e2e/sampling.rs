@@ -5,37 +5,10 @@
 
 use gpt2c_compiler::ExportOptions;
 use gpt2c_runtime::generate::GenerationConfig;
-use gpt2c_runtime::session::{AllLogits, DecoderSession, Logits, StepInput};
-use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions, RuntimeError, generate};
+use gpt2c_runtime::session::{Logits, Observed};
+use gpt2c_runtime::{ExportedModel, RunnerOptions, generate};
 use gpt2c_tests::{backends, export_fixture};
 use serde_json::{Map, Value, json};
-
-/// A session that remembers every step's logits.
-struct Recorder {
-    inner: Box<dyn DecoderSession>,
-    steps: Vec<Logits>,
-}
-
-impl DecoderSession for Recorder {
-    fn forward(&mut self, step: &StepInput<'_>) -> Result<Logits, RuntimeError> {
-        let l = self.inner.forward(step)?;
-        self.steps.push(l.clone());
-        Ok(l)
-    }
-    fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
-        self.inner.forward_all(step)
-    }
-    fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError> {
-        self.inner.select_rows(rows)
-    }
-    fn past_len(&self) -> usize {
-        self.inner.past_len()
-    }
-    fn reset(&mut self) {
-        self.steps.clear();
-        self.inner.reset()
-    }
-}
 
 fn config(model: &ExportedModel, overrides: Value) -> GenerationConfig {
     let o: Map<String, Value> = overrides.as_object().unwrap().clone();
@@ -53,20 +26,23 @@ fn probs(logits: &[f32]) -> Vec<f64> {
 fn check_draws(overrides: Value, runs: u64, allowed: &dyn Fn(&[f32], u32) -> bool) -> usize {
     let (_tmp, out) = export_fixture("tiny-default", &ExportOptions::default());
     let model = ExportedModel::open(&out).unwrap();
-    let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
+    let limits = model.config.limits();
     let mut checked = 0;
     let mut distinct_first = std::collections::BTreeSet::new();
     for kind in backends() {
-        let mut rec = Recorder { inner: model.session(kind, &RunnerOptions::default()).unwrap(), steps: Vec::new() };
+        let mut session = model.session(kind, &RunnerOptions::default()).unwrap();
         for seed in 0..runs {
             let mut o = overrides.clone();
             o["seed"] = json!(seed);
             let c = config(&model, o);
+            let mut steps: Vec<Logits> = Vec::new();
+            let mut rec = Observed { inner: session.as_mut(), on_forward: &mut |l| steps.push(l.clone()) };
             let out = generate(&mut rec, limits, &[vec![51, 491, 571]], &c, None, &mut |_, _| {}).unwrap();
             let tokens = &out.results[0].tokens;
             distinct_first.insert(tokens[0]);
-            // Step i's logits chose token i.
-            for (step, &t) in rec.steps.iter().zip(tokens) {
+            // Step i's logits chose token i: one forward pass per token.
+            assert_eq!(steps.len(), tokens.len(), "{} seed {seed}: forward passes vs tokens", kind.name());
+            for (step, &t) in steps.iter().zip(tokens) {
                 assert!(allowed(step.row(0), t), "{} seed {seed}: token {t} outside the allowed set", kind.name());
                 checked += 1;
             }
@@ -112,7 +88,7 @@ fn min_p_never_keeps_unlikely_tokens() {
 fn the_same_seed_gives_the_same_tokens() {
     let (_tmp, out) = export_fixture("tiny-default", &ExportOptions::default());
     let model = ExportedModel::open(&out).unwrap();
-    let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
+    let limits = model.config.limits();
     let mut by_backend = Vec::new();
     for kind in backends() {
         let mut session = model.session(kind, &RunnerOptions::default()).unwrap();

@@ -1,5 +1,6 @@
 //! `gpt2c bench`: prefill and decode speed of an export folder.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -7,7 +8,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::{GenerationConfig, generate};
-use gpt2c_runtime::{BackendKind, ExportedModel, ModelLimits, RunnerOptions};
+use gpt2c_runtime::session::Observed;
+use gpt2c_runtime::{BackendKind, ExportedModel, RunnerOptions};
 use serde_json::json;
 
 use super::generate::Backend;
@@ -59,6 +61,9 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// Warm-up and measured runs together.
+const MAX_RUNS: usize = 1000;
+
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -73,17 +78,16 @@ fn builtin_prompt(len: usize, vocab: usize) -> Vec<u32> {
     (0..len)
         .map(|_| {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 33) % (vocab as u64 - 1)) as u32
+            ((x >> 33) % (vocab as u64).saturating_sub(1).max(1)) as u32
         })
         .collect()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+/// The `p` quantile of sorted values (`None` for none: a report never says NaN).
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (last as f64 * p).round() as usize;
+    sorted.get(i.min(last)).copied()
 }
 
 struct Run {
@@ -97,6 +101,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.num_beams == 0 || args.repeat == 0 || args.new_tokens < 2 || args.prompt_tokens == 0 {
         bail!("--batch, --num-beams, --repeat and --prompt-tokens must be at least 1, --new-tokens at least 2");
     }
+    // Runs are counted before anything is loaded: a count in the billions is a typo, not a benchmark.
+    if args.repeat.saturating_add(args.warmup) > MAX_RUNS {
+        bail!("--repeat + --warmup is {}; at most {MAX_RUNS} runs", args.repeat.saturating_add(args.warmup));
+    }
+
+    let logits = if args.all_logits { LogitsScope::All } else { LogitsScope::Last };
+    let options = RunnerOptions { threads: Some(args.threads), logits, ..Default::default() };
+    options.validate()?;
     let model = ExportedModel::open(&args.model)?;
     let vocab = model.config.vocab_size;
     let prompt = match &args.prompt_ids {
@@ -105,6 +117,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             serde_json::from_str::<Vec<u32>>(&text)
                 .with_context(|| format!("{}: expected a JSON array of token ids", path.display()))?
         }
+        None if args.prompt_tokens > model.config.n_positions => bail!(
+            "--prompt-tokens ({}) is more than the model's context of {} positions (n_positions)",
+            args.prompt_tokens,
+            model.config.n_positions
+        ),
         None => builtin_prompt(args.prompt_tokens, vocab),
     };
     let prompts = vec![prompt.clone(); args.batch];
@@ -114,7 +131,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     let config =
         GenerationConfig::from_json(&model.generation_json, overrides.as_object().unwrap_or(&Default::default()))?;
-    let limits = ModelLimits { vocab_size: vocab, n_positions: model.config.n_positions };
+    let limits = model.config.limits();
     gpt2c_runtime::generate::check(limits, &prompts, &config, None)?;
 
     let backend = match args.backend {
@@ -125,8 +142,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Err(_) => BackendKind::Tract,
         },
     };
-    let logits = if args.all_logits { LogitsScope::All } else { LogitsScope::Last };
-    let options = RunnerOptions { threads: Some(args.threads), logits, ..Default::default() };
     let t_load = Instant::now();
     let loaded = model.session_with_report(backend, &options)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
@@ -147,22 +162,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             times.push(start.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
-        Some(percentile(&times, 0.5))
+        percentile(&times, 0.5)
     } else {
         None
     };
     let mut runs = Vec::new();
     for i in 0..args.warmup + args.repeat {
         let mut stamps: Vec<Instant> = Vec::new();
+        // When each forward pass returns: beam search chooses no token through the callback until
+        // it ends, so per-step latency is timed on the session.
+        let mut returns: Vec<Instant> = Vec::new();
+        let mut timed = Observed { inner: session.as_mut(), on_forward: &mut |_| returns.push(Instant::now()) };
         let start = Instant::now();
-        let out = generate(session.as_mut(), limits, &prompts, &config, None, &mut |row, _| {
+        let out = generate(&mut timed, limits, &prompts, &config, None, &mut |row, _| {
             if row == 0 {
                 stamps.push(Instant::now());
             }
         })?;
         let end = Instant::now();
         let first = stamps.first().copied().unwrap_or(end);
-        let mut latencies: Vec<f64> = stamps.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3).collect();
+        // One latency per decode step: between consecutive forward passes' returns.
+        let mut latencies: Vec<f64> = returns.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3).collect();
         latencies.sort_by(f64::total_cmp);
         let (prefill, decode) = if let Some(prefill) = beam_prefill_s {
             (prefill, ((end - start).as_secs_f64() - prefill).max(f64::MIN_POSITIVE))
@@ -176,7 +196,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     runs.sort_by(|a, b| a.decode_seconds.total_cmp(&b.decode_seconds));
-    let median = &runs[runs.len() / 2];
+    let Some(median) = runs.get(runs.len() / 2) else { bail!("no measured run") };
     let mut prefills: Vec<f64> = runs.iter().map(|r| r.prefill_ms).collect();
     prefills.sort_by(f64::total_cmp);
     let steps = (args.new_tokens - 1) as f64;
@@ -189,7 +209,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "prompt_tokens": prompt.len(),
         "new_tokens": args.new_tokens,
         "load_ms": (load_ms * 10.0).round() / 10.0,
-        "prefill_ms": (percentile(&prefills, 0.5) * 10.0).round() / 10.0,
+        "prefill_ms": percentile(&prefills, 0.5).map(|p| (p * 10.0).round() / 10.0),
         "decode_tok_s": (per_sequence * 100.0).round() / 100.0,
         "decode_tok_s_batch": (per_sequence * args.batch as f64 * 100.0).round() / 100.0,
         "token_ms_p50": percentile(&median.latencies_ms, 0.5),
@@ -198,20 +218,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "peak_rss_mib": peak_rss_mib().map(|m| m.round()),
         "tokens": median.first_tokens,
     });
+    let mut out = super::output::stdout();
     if args.json {
-        println!("{report}");
+        writeln!(out, "{report}")?;
     } else {
-        println!(
-            "{}: prefill {:.1} ms, decode {:.2} tokens/s per sequence ({:.2} for the batch of {}), token p50 {:.2} ms p90 {:.2} ms, peak {} MiB",
+        let ms = |key: &str| report[key].as_f64().map_or("n/a".to_string(), |v| format!("{v:.2} ms"));
+        writeln!(
+            out,
+            "{}: prefill {}, decode {:.2} tokens/s per sequence ({:.2} for the batch of {}), step p50 {} p90 {}, peak {} MiB",
             report["backend"].as_str().unwrap_or(""),
-            report["prefill_ms"].as_f64().unwrap_or(f64::NAN),
+            report["prefill_ms"].as_f64().map_or("n/a".to_string(), |v| format!("{v:.1} ms")),
             per_sequence,
             per_sequence * args.batch as f64,
             args.batch,
-            report["token_ms_p50"].as_f64().unwrap_or(f64::NAN),
-            report["token_ms_p90"].as_f64().unwrap_or(f64::NAN),
+            ms("token_ms_p50"),
+            ms("token_ms_p90"),
             report["peak_rss_mib"],
-        );
+        )?;
     }
     Ok(())
 }

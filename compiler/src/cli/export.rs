@@ -1,5 +1,6 @@
 //! `gpt2c export`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -187,10 +188,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let summary = result?;
     for w in &summary.warnings {
-        eprintln!("warning: {w}");
+        super::output::warning(w);
     }
     if !args.quiet {
-        println!(
+        writeln!(
+            super::output::stdout(),
             "exported {} parameters ({} layers, {}) to {} in {:.2} s: {} in {} files ({}){}",
             human_count(summary.parameters),
             summary.n_layer,
@@ -201,7 +203,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             summary.files.len(),
             summary.files.join(", "),
             if summary.external_data { ", weights in external data" } else { "" },
-        );
+        )?;
     }
     Ok(())
 }

@@ -10,8 +10,10 @@ use clap::{Args, ValueEnum};
 use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::{GenerationConfig, Mode};
 use gpt2c_runtime::text::{BackendChoice, TextGenerator};
-use gpt2c_runtime::{ExportedModel, ModelLimits, RunnerOptions};
+use gpt2c_runtime::{ExportedModel, RunnerOptions};
 use serde_json::{Map, Value, json};
+
+use super::output;
 
 /// Generate text from an export folder, on ONNX Runtime or tract.
 ///
@@ -205,6 +207,24 @@ impl GenerationOptions {
                 }
             )*};
         }
+        // JSON has no NaN or infinity (serde_json writes them as null, which reads as "unset"):
+        // refuse them here, under the setting's name, rather than drop them.
+        for (name, value) in [
+            ("max_time", self.max_time),
+            ("diversity_penalty", self.diversity_penalty.map(f64::from)),
+            ("length_penalty", self.length_penalty.map(f64::from)),
+            ("temperature", self.temperature.map(f64::from)),
+            ("top_p", self.top_p.map(f64::from)),
+            ("min_p", self.min_p.map(f64::from)),
+            ("typical_p", self.typical_p.map(f64::from)),
+            ("epsilon_cutoff", self.epsilon_cutoff.map(f64::from)),
+            ("eta_cutoff", self.eta_cutoff.map(f64::from)),
+            ("repetition_penalty", self.repetition_penalty.map(f64::from)),
+        ] {
+            if let Some(v) = value.filter(|v| !v.is_finite()) {
+                bail!("generation setting `{name}`: ({v}) must be a finite number");
+            }
+        }
         opt!(seed, max_length, max_new_tokens, min_length, min_new_tokens, max_time, do_sample, num_beams);
         opt!(num_beam_groups, diversity_penalty, length_penalty, num_return_sequences, temperature, top_k, top_p);
         opt!(min_p, typical_p, epsilon_cutoff, eta_cutoff, repetition_penalty, no_repeat_ngram_size);
@@ -232,6 +252,11 @@ impl GenerationOptions {
             ) else {
                 bail!("--exponential-decay-length-penalty: expected START,FACTOR (e.g. 10,1.05), got {text:?}");
             };
+            if !factor.is_finite() {
+                bail!(
+                    "generation setting `exponential_decay_length_penalty`: the factor ({factor}) must be a finite number"
+                );
+            }
             put("exponential_decay_length_penalty", json!([start, factor]));
         }
         Ok(m)
@@ -241,8 +266,7 @@ impl GenerationOptions {
 fn read_prompts(args: &GenerateArgs) -> anyhow::Result<Vec<String>> {
     let mut prompts = args.prompts.clone();
     if let Some(path) = &args.prompts_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read the prompts file", path.display()))?;
+        let text = output::read_text(path, "prompts file", 1 << 26)?;
         prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
     }
     if prompts.is_empty() {
@@ -255,9 +279,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     // Everything the command line decides is checked before the model loads.
     let prompts = read_prompts(&args)?;
     let overrides = args.options.overrides()?;
-    if args.threads == Some(0) {
-        bail!("--threads must be at least 1");
-    }
     let choice = match args.backend {
         Backend::Auto => BackendChoice::Auto,
         Backend::Ort => BackendChoice::Ort,
@@ -271,19 +292,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         logits: LogitsScope::Last,
         ..Default::default()
     };
+    options.validate()?;
     let started = Instant::now();
     let model = ExportedModel::open(&args.model)?;
     let tokenizer = model.tokenizer()?;
     let config = GenerationConfig::from_json(&model.generation_json, &overrides)?;
     let ids =
         prompts.iter().map(|p| tokenizer.encode(p).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
-    let limits = ModelLimits { vocab_size: model.config.vocab_size, n_positions: model.config.n_positions };
-    gpt2c_runtime::generate::check(limits, &ids, &config, Some(&tokenizer))?;
+    gpt2c_runtime::generate::check(model.config.limits(), &ids, &config, Some(&tokenizer))?;
     let mut generator = TextGenerator::from_parts(model, tokenizer, choice, &options)?;
     let loaded = started.elapsed();
     let note = |msg: &str| {
         if !args.quiet {
-            eprintln!("note: {msg}");
+            output::note(msg);
         }
     };
     for n in &generator.notices {
@@ -294,20 +315,23 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let rows =
         prompts.len() * if matches!(mode, Mode::Greedy | Mode::Sample) { config.num_return_sequences } else { 1 };
     let stream = !args.json && rows == 1 && matches!(mode, Mode::Greedy | Mode::Sample);
-    let mut stdout = std::io::stdout().lock();
-    if stream {
-        write!(stdout, "{}", prompts[0])?;
-        stdout.flush()?;
-    }
+    let mut stdout = output::stdout();
+    // The streamed prompt is printed with the first new text, so a run refused at its first step
+    // prints nothing.
+    let mut prompt_printed = false;
     let mut write_error = None;
     let t0 = Instant::now();
     let out = generator.generate_ids(&ids, &config, &mut |_, piece| {
         if stream && write_error.is_none() {
-            write_error = write!(stdout, "{piece}").and_then(|_| stdout.flush()).err();
+            let prompt = if std::mem::replace(&mut prompt_printed, true) { "" } else { prompts[0].as_str() };
+            write_error = write!(stdout, "{prompt}{piece}").and_then(|_| stdout.flush()).err();
         }
     })?;
     if let Some(e) = write_error {
         return Err(e.into());
+    }
+    if stream && !prompt_printed {
+        write!(stdout, "{}", prompts[0])?;
     }
     let seconds = t0.elapsed().as_secs_f64();
     for n in &out.output.notices {
@@ -347,22 +371,29 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     } else if stream {
         writeln!(stdout)?;
     } else {
-        let per_prompt = out.output.results.iter().filter(|r| r.prompt == 0).count().max(1);
-        for (i, (r, text)) in out.output.results.iter().zip(&out.texts).enumerate() {
-            let label = match (prompts.len(), per_prompt) {
-                (1, 1) => String::new(),
-                (_, 1) => format!("[prompt {}]\n", r.prompt),
-                _ => format!("[prompt {}, sequence {}]\n", r.prompt, i % per_prompt),
+        // Beam methods can return fewer sequences for a prompt than asked (the live ones): number
+        // each prompt's sequences as they come.
+        let many = config.num_return_sequences > 1;
+        let mut seen = vec![0usize; prompts.len()];
+        for (r, text) in out.output.results.iter().zip(&out.texts) {
+            let index = seen.get(r.prompt).copied().unwrap_or(0);
+            if let Some(n) = seen.get_mut(r.prompt) {
+                *n += 1;
+            }
+            let label = match (prompts.len(), many) {
+                (1, false) => String::new(),
+                (_, false) => format!("[prompt {}]\n", r.prompt),
+                (_, true) => format!("[prompt {}, sequence {index}]\n", r.prompt),
             };
             writeln!(stdout, "{label}{text}")?;
         }
     }
-    if !args.quiet && !args.json {
-        eprintln!(
-            "note: {new_tokens} new tokens in {seconds:.2} s ({:.1} tokens/s) on {}",
+    if !args.json {
+        note(&format!(
+            "{new_tokens} new tokens in {seconds:.2} s ({:.1} tokens/s) on {}",
             new_tokens as f64 / seconds.max(1e-9),
             generator.description
-        );
+        ));
     }
     Ok(())
 }

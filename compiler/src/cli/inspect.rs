@@ -2,6 +2,7 @@
 //! histogram, parameters and bytes by element type, external data — as text or JSON.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -103,14 +104,15 @@ fn describe(path: &std::path::Path, model: &pb::ModelProto) -> Value {
     })
 }
 
-fn print_text(d: &Value) {
-    println!("{}", d["path"].as_str().unwrap_or(""));
-    println!(
+fn print_text(out: &mut impl Write, d: &Value) -> std::io::Result<()> {
+    writeln!(out, "{}", d["path"].as_str().unwrap_or(""))?;
+    writeln!(
+        out,
         "  producer {} {}, IR version {}",
         d["producer"]["name"].as_str().unwrap_or(""),
         d["producer"]["version"].as_str().unwrap_or(""),
         d["ir_version"]
-    );
+    )?;
     let opsets: Vec<String> = d["opsets"]
         .as_array()
         .into_iter()
@@ -123,9 +125,9 @@ fn print_text(d: &Value) {
             )
         })
         .collect();
-    println!("  opsets {}", opsets.join(", "));
+    writeln!(out, "  opsets {}", opsets.join(", "))?;
     for (title, key) in [("inputs", "inputs"), ("outputs", "outputs")] {
-        println!("  {title}:");
+        writeln!(out, "  {title}:")?;
         for v in d[key].as_array().into_iter().flatten() {
             let shape: Vec<String> = v["shape"]
                 .as_array()
@@ -133,27 +135,29 @@ fn print_text(d: &Value) {
                 .flatten()
                 .map(|s| s.as_str().map_or(s.to_string(), String::from))
                 .collect();
-            println!(
+            writeln!(
+                out,
                 "    {} {} [{}]",
                 v["name"].as_str().unwrap_or(""),
                 v["dtype"].as_str().unwrap_or(""),
                 shape.join(", ")
-            );
+            )?;
         }
     }
     let ops: Vec<String> = d["ops"].as_object().into_iter().flatten().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("  {} nodes: {}", d["nodes"], ops.join(", "));
+    writeln!(out, "  {} nodes: {}", d["nodes"], ops.join(", "))?;
     let init = &d["initializers"];
-    println!("  {} initializers, {} elements, {} bytes", init["count"], init["elements"], init["bytes"]);
+    writeln!(out, "  {} initializers, {} elements, {} bytes", init["count"], init["elements"], init["bytes"])?;
     for (k, v) in init["by_dtype"].as_object().into_iter().flatten() {
-        println!("    {k}: {} tensors, {} elements, {} bytes", v["tensors"], v["elements"], v["bytes"]);
+        writeln!(out, "    {k}: {} tensors, {} elements, {} bytes", v["tensors"], v["elements"], v["bytes"])?;
     }
     for (k, v) in init["external_files"].as_object().into_iter().flatten() {
-        println!("    external data {k}: {v} bytes");
+        writeln!(out, "    external data {k}: {v} bytes")?;
     }
     for (k, v) in d["metadata"].as_object().into_iter().flatten() {
-        println!("  {k} = {}", v.as_str().unwrap_or(""));
+        writeln!(out, "  {k} = {}", v.as_str().unwrap_or(""))?;
     }
+    Ok(())
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
@@ -164,11 +168,19 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     }
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let model = pb::decode_model(&bytes).map_err(|e| anyhow::anyhow!("{}: not an ONNX model: {e}", path.display()))?;
+    // Every byte string decodes as some ModelProto (zero bytes as an empty one): a model is a graph.
+    if model.graph.is_none() {
+        anyhow::bail!(
+            "{}: not an ONNX model: its {size} bytes hold no graph (an empty or foreign file?)",
+            path.display()
+        );
+    }
     let description = describe(&path, &model);
+    let mut out = super::output::stdout();
     if args.json {
-        println!("{description}");
+        writeln!(out, "{description}")?;
     } else {
-        print_text(&description);
+        print_text(&mut out, &description)?;
     }
     Ok(())
 }

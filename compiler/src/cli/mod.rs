@@ -4,6 +4,7 @@ mod bench;
 mod export;
 mod generate;
 mod inspect;
+mod output;
 mod perplexity;
 mod verify;
 

@@ -1,9 +1,9 @@
 //! `gpt2c perplexity`: sliding-window perplexity of a text file.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use gpt2c_runtime::perplexity::perplexity;
 use gpt2c_runtime::text::{BackendChoice, TextGenerator};
@@ -51,8 +51,7 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.text)
-        .with_context(|| format!("{}: cannot read the text", args.text.display()))?;
+    let text = super::output::read_text(&args.text, "text", 1 << 30)?;
     let model = ExportedModel::open(&args.model)?;
     let tokenizer = model.tokenizer()?;
     let mut ids = tokenizer.encode(&text).map_err(anyhow::Error::msg)?;
@@ -71,7 +70,7 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let mut g = TextGenerator::from_parts(model, tokenizer, choice, &options)?;
     if !args.quiet {
         for n in &g.notices {
-            eprintln!("note: {n}");
+            super::output::note(n);
         }
     }
     let bar = if args.quiet || args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
@@ -86,17 +85,20 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
+    let mut out = super::output::stdout();
     if args.json {
-        println!(
+        writeln!(
+            out,
             "{}",
             json!({
                 "perplexity": result.perplexity, "mean_nll": result.mean_nll, "predicted_tokens": result.predicted,
                 "text_tokens": ids.len(), "windows": result.windows, "max_length": result.max_length,
                 "stride": result.stride, "backend": g.description, "seconds": seconds,
             })
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            out,
             "perplexity {:.4} (mean NLL {:.5} nats) over {} tokens, {} windows of {} every {}, on {} in {:.1} s",
             result.perplexity,
             result.mean_nll,
@@ -106,7 +108,7 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
             result.stride,
             g.description,
             seconds
-        );
+        )?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `gpt2c verify`: the CI gate for an export folder.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -74,10 +75,11 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         threads: args.threads,
     };
     let report = verify::verify(&args.export, &options).context("gpt2c verify")?;
+    let mut out = super::output::stdout();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", report.to_text());
+        write!(out, "{}", report.to_text())?;
     }
     if report.passed { Ok(()) } else { Err(super::Failed.into()) }
 }

@@ -39,6 +39,17 @@ pub enum RuntimeError {
     Disabled(&'static str),
     #[error("execution provider `{name}`: {reason}")]
     ExecutionProvider { name: String, reason: String },
+    #[error("setting `{field}`: {message}")]
+    Setting { field: &'static str, message: String },
+}
+
+/// Threads per available core a runner may be given: more only adds contention, and a count in
+/// the thousands would spend its time creating threads.
+pub const THREADS_PER_CORE: usize = 4;
+
+/// The most intra-op threads a runner accepts here: [`THREADS_PER_CORE`] × the available cores.
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from).saturating_mul(THREADS_PER_CORE)
 }
 
 /// Which engine runs the graph.
@@ -95,6 +106,24 @@ pub struct RunnerOptions {
     pub ep_strict: bool,
 }
 
+impl RunnerOptions {
+    /// Refuses settings no engine should be given (a thread count of 0, or past [`max_threads`]).
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        match self.threads {
+            Some(0) => Err(RuntimeError::Setting { field: "threads", message: "must be at least 1".into() }),
+            Some(n) if n > max_threads() => Err(RuntimeError::Setting {
+                field: "threads",
+                message: format!(
+                    "({n}) is more than {THREADS_PER_CORE} × the {} cores available here ({})",
+                    max_threads() / THREADS_PER_CORE,
+                    max_threads()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Runs one forward pass of a loaded graph.
 pub trait GraphRunner {
     /// Names of the graph inputs, in declaration order.
@@ -139,6 +168,7 @@ pub fn load_runner(
     model: &Path,
     options: &RunnerOptions,
 ) -> Result<Box<dyn GraphRunner>, RuntimeError> {
+    options.validate()?;
     match kind {
         #[cfg(feature = "ort")]
         BackendKind::Ort => Ok(Box::new(ort::OrtRunner::load(model, options)?)),

@@ -120,6 +120,7 @@ pub struct OrtRunner {
 
 impl OrtRunner {
     pub fn load(model: &Path, options: &RunnerOptions) -> Result<OrtRunner, RuntimeError> {
+        options.validate()?;
         let lib = loaded()?;
         let library = lib.library.display().to_string();
         let fail = |e: &dyn std::fmt::Display| RuntimeError::Load { path: model.into(), message: e.to_string() };

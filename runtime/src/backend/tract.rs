@@ -26,6 +26,7 @@ fn tract_err(e: impl std::fmt::Display) -> RuntimeError {
 
 impl TractRunner {
     pub fn load(model: &Path, options: &RunnerOptions) -> Result<TractRunner, RuntimeError> {
+        options.validate()?;
         let load = |e: TractError| RuntimeError::Load { path: model.into(), message: format!("{e:#}") };
         let onnx = tract_onnx::onnx();
         let edits = crate::specialize::Edits {

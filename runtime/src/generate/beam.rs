@@ -14,8 +14,20 @@
 //!    `False` when the best running score can no longer beat the worst
 //!    finished one at the current length; `"never"` the same at `max_length`
 //!    when `length_penalty > 0`.
+//!
+//! Fewer live continuations than `K` (beam sampling whose top-k or top-p
+//! leave few tokens, suppressed tokens, a tiny vocabulary): transformers
+//! then draws arbitrary zero-probability continuations to fill `K`
+//! (`torch.multinomial` without replacement) and carries their −inf scores.
+//! Here the missing candidates are *dead*: score −inf, so they never outrank
+//! a live one; a dead candidate may keep a beam slot running (its row is
+//! padded) but never becomes a finished hypothesis, and hypotheses are
+//! returned only when live, so a prompt can return fewer than
+//! `num_return_sequences` sequences. A prompt with no live candidate and no
+//! finished hypothesis is an error naming the setting that removed them.
 
 use super::config::EarlyStopping;
+use super::guard::{blame, check_logits, scan};
 use super::math::{log_softmax, softmax};
 use super::sampling::Rng;
 use super::stopping::FinishReason;
@@ -31,6 +43,8 @@ struct Finished {
     score: f32,
     done: bool,
     reason: FinishReason,
+    /// A real hypothesis with a finite score (not an empty slot, not a dead continuation).
+    live: bool,
 }
 
 /// A candidate continuation.
@@ -73,14 +87,15 @@ pub(super) fn run(
     let cfg = &plan.config;
     let beams = cfg.num_beams;
     let batch = prompts.len();
-    let keep = 2.max(1 + plan.eos.len()) * beams;
+    // transformers' K, never more than the beams × vocab continuations there are.
+    let keep = 2.max(1 + plan.eos.len()).saturating_mul(beams).min(beams.saturating_mul(plan.vocab));
     let sampling = plan.mode == Mode::BeamSample;
     let mut rng = Rng::new(plan.seed);
     let prompt_len = plan.prompt_len;
     let lp = cfg.length_penalty;
 
     // Prefill each prompt once, then copy its cache into every beam.
-    let mut rows = super::rows::Rows::new(prompts, 1, plan.pad);
+    let mut rows = super::rows::Rows::new(prompts, 1, plan.pad, plan.vocab);
     let logits = rows.prefill(session)?;
     let expand: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat_n(b, beams)).collect();
     rows.select(&expand, session)?;
@@ -95,6 +110,7 @@ pub(super) fn run(
                 score: NEG,
                 done: false,
                 reason: FinishReason::Length,
+                live: false,
             };
             vec![slot; beams]
         })
@@ -103,16 +119,18 @@ pub(super) fn run(
 
     loop {
         let cur_len = rows.cur_len();
-        let vocab = logits_rows.first().map_or(0, Vec::len);
-        let processed: Vec<Vec<f32>> = logits_rows
-            .iter()
-            .enumerate()
-            .map(|(r, l)| {
-                let mut s = log_softmax(l);
-                plan.pipeline.apply(&rows.tokens[r], &mut s, &[]);
-                s
-            })
-            .collect();
+        let step = cur_len - prompt_len;
+        let vocab = plan.vocab;
+        let mut processed: Vec<Vec<f32>> = Vec::with_capacity(logits_rows.len());
+        for (r, l) in logits_rows.iter().enumerate() {
+            check_logits(l, cfg.remove_invalid_values, r, step)?;
+            let mut s = log_softmax(l);
+            plan.pipeline.apply(&rows.tokens[r], &mut s, &[]);
+            if scan(&s).invalid {
+                return Err(blame(&plan.pipeline, &rows.tokens[r], &log_softmax(l), &[], step));
+            }
+            processed.push(s);
+        }
 
         let mut selected_rows = Vec::with_capacity(batch * beams);
         let mut next_tokens = Vec::with_capacity(batch * beams);
@@ -125,10 +143,21 @@ pub(super) fn run(
             }
             let picked: Vec<usize> =
                 if sampling { rng.categorical_distinct(&softmax(&acc), keep) } else { top_k(&acc, keep) };
-            let candidates: Vec<Candidate> = picked
+            let mut candidates: Vec<Candidate> = picked
                 .iter()
                 .map(|&i| Candidate { beam: i / vocab, token: (i % vocab) as u32, score: acc[i] })
                 .collect();
+            // Too few continuations to draw from: the rest are dead (see the module's notes).
+            candidates.resize(keep, Candidate { beam: 0, token: plan.pad, score: f32::NEG_INFINITY });
+            if improvable[b] && candidates.iter().all(|c| c.score == f32::NEG_INFINITY) {
+                if !finished[b].iter().any(|f| f.live) {
+                    // Blame the processors on a beam that was still alive.
+                    let k = (0..beams).find(|&k| running_scores[b][k] > f32::NEG_INFINITY).unwrap_or(0);
+                    let r = b * beams + k;
+                    return Err(blame(&plan.pipeline, &rows.tokens[r], &log_softmax(&logits_rows[r]), &[], step));
+                }
+                improvable[b] = false;
+            }
             let hits: Vec<Option<FinishReason>> = candidates
                 .iter()
                 .map(|c| {
@@ -149,7 +178,7 @@ pub(super) fn run(
             let denominator = ((cur_len + 1 - prompt_len) as f64).powf(f64::from(lp)) as f32;
             let mut merged_scores: Vec<f32> = finished[b].iter().map(|f| f.score).collect();
             for (rank, (c, h)) in candidates.iter().zip(&hits).enumerate() {
-                let did_finish = h.is_some() && rank < beams;
+                let did_finish = h.is_some() && rank < beams && c.score > f32::NEG_INFINITY;
                 let mut s = c.score / denominator;
                 if full {
                     s += NEG;
@@ -178,6 +207,7 @@ pub(super) fn run(
                             score: merged_scores[i],
                             done: hits[rank].is_some() && rank < beams,
                             reason: hits[rank].unwrap_or(FinishReason::Length),
+                            live: merged_scores[i] > f32::NEG_INFINITY,
                         }
                     }
                 })
@@ -213,13 +243,13 @@ pub(super) fn run(
         logits_rows = (0..rows.len()).map(|r| logits.row(r).to_vec()).collect();
     }
 
-    // The best `num_return_sequences` finished hypotheses per prompt, padded to one length.
+    // The best `num_return_sequences` live hypotheses per prompt, padded to one length.
     // transformers fills with `pad_token_id or eos_token_id[0]` (a pad id of 0 reads as unset).
     let fill = if plan.pad == 0 { plan.eos.first().copied().unwrap_or(0) } else { plan.pad };
     let returned: Vec<(usize, &Finished)> = finished
         .iter()
         .enumerate()
-        .flat_map(|(b, f)| f.iter().take(cfg.num_return_sequences).map(move |s| (b, s)))
+        .flat_map(|(b, f)| f.iter().filter(|s| s.live).take(cfg.num_return_sequences).map(move |s| (b, s)))
         .collect();
     let longest = returned.iter().map(|(_, f)| f.tokens.len()).max().unwrap_or(prompt_len);
     let sequences = returned

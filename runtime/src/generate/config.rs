@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::GenerateError;
+use super::limits::{MAX_COUNT, MAX_LIST_IDS, MAX_STOP_STRING_BYTES, MAX_STOP_STRINGS};
 
 /// `eos_token_id` / `forced_eos_token_id`: one id or several.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -200,8 +201,48 @@ impl GenerationConfig {
         }
     }
 
-    /// Checks every value transformers would reject, naming the field.
+    /// Checks every setting before any compute, naming the field: what transformers would reject,
+    /// and every number outside its documented range (see [`limits`](super::limits)): counts at most
+    /// 2^32 − 1, floats finite, id lists at most 2^20 ids, each id inside the vocabulary.
     pub fn validate(&self, vocab_size: usize) -> Result<(), GenerateError> {
+        for (field, value) in [
+            ("max_length", Some(self.max_length)),
+            ("max_new_tokens", self.max_new_tokens),
+            ("min_length", Some(self.min_length)),
+            ("min_new_tokens", self.min_new_tokens),
+            ("top_k", Some(self.top_k)),
+            ("no_repeat_ngram_size", Some(self.no_repeat_ngram_size)),
+            ("num_beams", Some(self.num_beams)),
+            ("num_beam_groups", Some(self.num_beam_groups)),
+            ("num_return_sequences", Some(self.num_return_sequences)),
+            ("exponential_decay_length_penalty", self.exponential_decay_length_penalty.map(|(start, _)| start)),
+        ] {
+            if value.is_some_and(|v| v > MAX_COUNT) {
+                return Err(invalid(field, format!("({}) must be at most {MAX_COUNT}", value.unwrap_or_default())));
+            }
+        }
+        let floats = [
+            ("temperature", f64::from(self.temperature)),
+            ("top_p", f64::from(self.top_p)),
+            ("min_p", self.min_p.map_or(0.0, f64::from)),
+            ("typical_p", f64::from(self.typical_p)),
+            ("epsilon_cutoff", f64::from(self.epsilon_cutoff)),
+            ("eta_cutoff", f64::from(self.eta_cutoff)),
+            ("diversity_penalty", f64::from(self.diversity_penalty)),
+            ("repetition_penalty", f64::from(self.repetition_penalty)),
+            ("length_penalty", f64::from(self.length_penalty)),
+            ("max_time", self.max_time.unwrap_or(1.0)),
+            (
+                "exponential_decay_length_penalty",
+                self.exponential_decay_length_penalty.map_or(1.0, |(_, f)| f64::from(f)),
+            ),
+        ];
+        if let Some((field, v)) = floats.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(invalid(field, format!("({v}) must be a finite number")));
+        }
+        if let Some((ids, bias)) = self.sequence_bias.iter().flatten().find(|(_, b)| !b.is_finite()) {
+            return Err(invalid("sequence_bias", format!("the bias of {ids:?} ({bias}) must be a finite number")));
+        }
         if self.max_new_tokens == Some(0) {
             return Err(invalid("max_new_tokens", "must be at least 1"));
         }
@@ -258,6 +299,9 @@ impl GenerationConfig {
                 ),
             ));
         }
+        if self.temperature < 0.0 {
+            return Err(invalid("temperature", format!("({}) must not be negative", self.temperature)));
+        }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(invalid("top_p", format!("({}) must be in (0, 1]", self.top_p)));
         }
@@ -272,14 +316,14 @@ impl GenerationConfig {
                 return Err(invalid(field, format!("({v}) must be in [0, 1)")));
             }
         }
+        if self.diversity_penalty < 0.0 {
+            return Err(invalid("diversity_penalty", format!("({}) must not be negative", self.diversity_penalty)));
+        }
         if !positive(f64::from(self.repetition_penalty)) {
             return Err(invalid(
                 "repetition_penalty",
                 format!("({}) must be strictly positive", self.repetition_penalty),
             ));
-        }
-        if !self.length_penalty.is_finite() {
-            return Err(invalid("length_penalty", "must be a finite number"));
         }
         if let Some(t) = self.max_time.filter(|&t| !positive(t)) {
             return Err(invalid("max_time", format!("({t}) must be a positive number of seconds")));
@@ -287,7 +331,29 @@ impl GenerationConfig {
         if self.exponential_decay_length_penalty.is_some_and(|(_, factor)| !positive(f64::from(factor))) {
             return Err(invalid("exponential_decay_length_penalty", "the decay factor must be positive"));
         }
+        self.validate_ids(vocab_size)?;
+        let stops = self.stop_strings();
+        if self.stop_strings.is_some() && stops.iter().any(String::is_empty) {
+            return Err(invalid("stop_strings", "stop strings must not be empty"));
+        }
+        if stops.len() > MAX_STOP_STRINGS {
+            return Err(invalid("stop_strings", format!("{} strings given; at most {MAX_STOP_STRINGS}", stops.len())));
+        }
+        if let Some(s) = stops.iter().find(|s| s.len() > MAX_STOP_STRING_BYTES) {
+            return Err(invalid(
+                "stop_strings",
+                format!("a stop string of {} bytes; each may hold at most {MAX_STOP_STRING_BYTES}", s.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every token id setting: ids inside the vocabulary, lists of at most [`MAX_LIST_IDS`] ids.
+    fn validate_ids(&self, vocab_size: usize) -> Result<(), GenerateError> {
         let check_ids = |field: &str, ids: &[u32]| -> Result<(), GenerateError> {
+            if ids.len() > MAX_LIST_IDS {
+                return Err(invalid(field, format!("{} token ids given; at most {MAX_LIST_IDS}", ids.len())));
+            }
             match ids.iter().find(|&&t| t as usize >= vocab_size) {
                 Some(t) => Err(invalid(field, format!("token id {t} is outside the vocabulary (size {vocab_size})"))),
                 None => Ok(()),
@@ -313,20 +379,14 @@ impl GenerationConfig {
             if words.is_empty() || words.iter().any(Vec::is_empty) {
                 return Err(invalid("bad_words_ids", "must be a non-empty list of non-empty token id lists"));
             }
-            for w in words {
-                check_ids("bad_words_ids", w)?;
-            }
+            check_ids("bad_words_ids", &words.concat())?;
         }
         if let Some(bias) = &self.sequence_bias {
             if bias.is_empty() || bias.iter().any(|(ids, _)| ids.is_empty()) {
                 return Err(invalid("sequence_bias", "must be a non-empty list of [token ids, bias] pairs"));
             }
-            for (ids, _) in bias {
-                check_ids("sequence_bias", ids)?;
-            }
-        }
-        if self.stop_strings.is_some() && self.stop_strings().iter().any(String::is_empty) {
-            return Err(invalid("stop_strings", "stop strings must not be empty"));
+            let all: Vec<u32> = bias.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
+            check_ids("sequence_bias", &all)?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@
 //! each shorter one followed by `eos_token_id[0]` and padding.
 
 use super::config::EarlyStopping;
+use super::guard::{blame, check_logits, scan};
 use super::math::log_softmax;
 use super::stopping::FinishReason;
 use super::{GenerateError, GenerationOutput, Plan, SequenceResult};
@@ -87,9 +88,9 @@ pub(super) fn run(
     let group_size = beams / groups;
     let batch = prompts.len();
     let prompt_len = plan.prompt_len;
-    let keep = 2.max(1 + plan.eos.len()) * group_size;
+    let keep = 2.max(1 + plan.eos.len()).saturating_mul(group_size);
 
-    let mut rows = super::rows::Rows::new(prompts, 1, plan.pad);
+    let mut rows = super::rows::Rows::new(prompts, 1, plan.pad, plan.vocab);
     let logits = rows.prefill(session)?;
     let expand: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat_n(b, beams)).collect();
     rows.select(&expand, session)?;
@@ -103,27 +104,34 @@ pub(super) fn run(
 
     loop {
         let cur_len = rows.cur_len();
-        let vocab = logits_rows.first().map_or(0, Vec::len);
+        let step = cur_len - prompt_len;
+        let vocab = plan.vocab;
+        for (r, l) in logits_rows.iter().enumerate() {
+            check_logits(l, cfg.remove_invalid_values, r, step)?;
+        }
         let mut current = vec![0u32; batch * beams];
         let mut reorder = vec![0usize; batch * beams];
         for g in 0..groups {
             let start = g * group_size;
             let group_rows: Vec<usize> =
                 (0..batch).flat_map(|b| (0..group_size).map(move |j| b * beams + start + j)).collect();
-            let scores: Vec<Vec<f32>> = group_rows
-                .iter()
-                .map(|&r| {
-                    let b = r / beams;
-                    let mut s = log_softmax(&logits_rows[r]);
-                    plan.pipeline.apply(&rows.tokens[r], &mut s, &current[b * beams..b * beams + start]);
-                    let base = beam_scores[r];
-                    s.iter_mut().for_each(|x| *x += base);
-                    s
-                })
-                .collect();
-            let mut next_scores = vec![0f32; batch * group_size];
+            let mut scores: Vec<Vec<f32>> = Vec::with_capacity(group_rows.len());
+            for &r in &group_rows {
+                let b = r / beams;
+                let earlier = &current[b * beams..b * beams + start];
+                let mut s = log_softmax(&logits_rows[r]);
+                plan.pipeline.apply(&rows.tokens[r], &mut s, earlier);
+                if scan(&s).invalid {
+                    return Err(blame(&plan.pipeline, &rows.tokens[r], &log_softmax(&logits_rows[r]), earlier, step));
+                }
+                let base = beam_scores[r];
+                s.iter_mut().for_each(|x| *x += base);
+                scores.push(s);
+            }
+            // Slots no live candidate fills stay dead: score -inf, padding, following the group's first beam.
+            let mut next_scores = vec![f32::NEG_INFINITY; batch * group_size];
             let mut next_tokens = vec![plan.pad; batch * group_size];
-            let mut next_index = vec![0usize; batch * group_size];
+            let mut next_index: Vec<usize> = (0..batch * group_size).map(|slot| slot - slot % group_size).collect();
             for b in 0..batch {
                 let bg = b * groups + g;
                 if done[bg] {
@@ -134,7 +142,28 @@ pub(super) fn run(
                 let mut filled = 0;
                 let candidates = top_candidates(&flat, keep);
                 let best = candidates.first().map_or(f64::NEG_INFINITY, |&i| f64::from(flat[i]));
+                if best == f64::NEG_INFINITY {
+                    // Nothing left to continue with: done if the group has hypotheses, else an error.
+                    if hyps[bg].beams.is_empty() {
+                        let j =
+                            (0..group_size).find(|&j| beam_scores[group_rows[b * group_size + j]] > f32::NEG_INFINITY);
+                        let r = group_rows[b * group_size + j.unwrap_or(0)];
+                        let earlier = &current[b * beams..b * beams + start];
+                        return Err(blame(
+                            &plan.pipeline,
+                            &rows.tokens[r],
+                            &log_softmax(&logits_rows[r]),
+                            earlier,
+                            step,
+                        ));
+                    }
+                    done[bg] = true;
+                    continue;
+                }
                 for (rank, &i) in candidates.iter().enumerate() {
+                    if flat[i] == f32::NEG_INFINITY {
+                        break; // sorted: every later candidate is dead too
+                    }
                     let (beam, token) = (i / vocab, (i % vocab) as u32);
                     let source = b * group_size + beam;
                     if plan.eos.contains(&token) {
@@ -191,8 +220,12 @@ pub(super) fn run(
     let eos0 = plan.eos.first().copied().unwrap_or(plan.pad);
     let mut best = Vec::new();
     for b in 0..batch {
-        let mut candidates: Vec<&(f64, Vec<u32>, bool)> =
-            hyps[b * groups..(b + 1) * groups].iter().flat_map(|h| &h.beams).collect();
+        // Dead hypotheses (score -inf: a beam no live candidate continued) are never returned.
+        let mut candidates: Vec<&(f64, Vec<u32>, bool)> = hyps[b * groups..(b + 1) * groups]
+            .iter()
+            .flat_map(|h| &h.beams)
+            .filter(|h| h.0 > f64::NEG_INFINITY)
+            .collect();
         candidates.sort_by(|x, y| x.0.total_cmp(&y.0));
         for _ in 0..cfg.num_return_sequences {
             if let Some(h) = candidates.pop() {

@@ -10,12 +10,16 @@
 mod beam;
 pub mod config;
 mod group_beam;
+mod guard;
+pub mod limits;
 mod math;
 pub mod processors;
 mod rows;
 mod sample;
 pub mod sampling;
 pub mod stopping;
+#[cfg(test)]
+mod tests;
 
 use std::time::{Duration, Instant};
 
@@ -51,8 +55,50 @@ pub enum GenerateError {
     NoPadToken,
     #[error("stop_strings need the model's tokenizer")]
     StopStringsNeedTokenizer,
+    #[error(
+        "the model returned a {value} logit (token {token}, row {row}, generation step {step}): the export computes \
+         non-finite values, so it is broken or overflows (an fp16 export? try fp32, or `gpt2c verify`); \
+         the setting remove_invalid_values replaces them"
+    )]
+    InvalidLogits { row: usize, step: usize, token: usize, value: f32 },
+    #[error("the model returned logits for {got} tokens, but its config.json says vocab_size is {expected}")]
+    VocabMismatch { got: usize, expected: usize },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+}
+
+impl GenerateError {
+    /// The request field this error is about, for programs (the server returns it as OpenAI's
+    /// `param`): a generation setting's name, `prompt`, or `None` when the model is at fault.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            GenerateError::Config { field, .. } => Some(field),
+            GenerateError::NoPrompts
+            | GenerateError::EmptyPrompt { .. }
+            | GenerateError::PromptTooLong { .. }
+            | GenerateError::BadToken { .. } => Some("prompt"),
+            GenerateError::NoRoom { .. } => Some("max_length"),
+            GenerateError::NoPadToken => Some("pad_token_id"),
+            GenerateError::StopStringsNeedTokenizer => Some("stop_strings"),
+            GenerateError::InvalidLogits { .. } | GenerateError::VocabMismatch { .. } | GenerateError::Runtime(_) => {
+                None
+            }
+        }
+    }
+}
+
+/// The clock `max_time` is measured on: the system's, or a stand-in in tests.
+pub trait Clock {
+    fn now(&self) -> Instant;
+}
+
+/// [`Instant::now`].
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
 }
 
 /// What generation needs to know about the model.
@@ -60,6 +106,18 @@ pub enum GenerateError {
 pub struct ModelLimits {
     pub vocab_size: usize,
     pub n_positions: usize,
+    /// Bytes of key/value cache per row and cached position, in every buffer set the engine keeps
+    /// (0 when unknown: then only rows, logits and tokens count against the limits).
+    pub cache_bytes_per_position: u64,
+    /// Attention heads (the prompt's attention scores count against the limits).
+    pub n_head: usize,
+}
+
+impl ModelLimits {
+    /// Limits of a model known only by its vocabulary and context.
+    pub fn new(vocab_size: usize, n_positions: usize) -> ModelLimits {
+        ModelLimits { vocab_size, n_positions, cache_bytes_per_position: 0, n_head: 0 }
+    }
 }
 
 /// One returned sequence, summarised.
@@ -98,6 +156,7 @@ pub(crate) struct Plan<'t> {
     pub max_length: usize,
     pub pad: u32,
     pub eos: Vec<u32>,
+    pub vocab: usize,
     pub pipeline: Pipeline,
     pub stopping: Stopping<'t>,
     pub seed: u64,
@@ -116,7 +175,20 @@ pub fn generate(
     tokenizer: Option<&TextTokenizer>,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<GenerationOutput, GenerateError> {
-    let (plan, notices) = plan(limits, prompts, config, tokenizer)?;
+    generate_with_clock(session, limits, prompts, config, tokenizer, &SystemClock, on_token)
+}
+
+/// [`generate`] with `max_time` measured on `clock`.
+pub fn generate_with_clock(
+    session: &mut dyn DecoderSession,
+    limits: ModelLimits,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    tokenizer: Option<&TextTokenizer>,
+    clock: &dyn Clock,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<GenerationOutput, GenerateError> {
+    let (plan, notices) = plan(limits, prompts, config, tokenizer, clock)?;
     let mut out = match plan.mode {
         Mode::Greedy | Mode::Sample => sample::run(session, prompts, &plan, on_token)?,
         Mode::BeamSearch | Mode::BeamSample => beam::run(session, prompts, &plan)?,
@@ -135,7 +207,7 @@ pub fn check(
     config: &GenerationConfig,
     tokenizer: Option<&TextTokenizer>,
 ) -> Result<Vec<String>, GenerateError> {
-    plan(limits, prompts, config, tokenizer).map(|(_, notices)| notices)
+    plan(limits, prompts, config, tokenizer, &SystemClock).map(|(_, notices)| notices)
 }
 
 /// Validates everything and fixes lengths, before any compute.
@@ -144,7 +216,14 @@ fn plan<'t>(
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     tokenizer: Option<&'t TextTokenizer>,
+    clock: &'t dyn Clock,
 ) -> Result<(Plan<'t>, Vec<String>), GenerateError> {
+    if limits.vocab_size == 0 {
+        return Err(GenerateError::Config {
+            field: "vocab_size".into(),
+            message: "the model's vocabulary is empty".into(),
+        });
+    }
     config.validate(limits.vocab_size)?;
     if prompts.is_empty() {
         return Err(GenerateError::NoPrompts);
@@ -171,7 +250,7 @@ fn plan<'t>(
 
     let mut notices = Vec::new();
     let mut max_length = match config.max_new_tokens {
-        Some(n) => prompt_len + n,
+        Some(n) => prompt_len.saturating_add(n),
         // transformers reads the untouched default of 20 as "20 new tokens", within the context.
         None if !config.max_length_from_caller && config.max_length == 20 => (20 + prompt_len).min(limits.n_positions),
         None => config.max_length,
@@ -186,8 +265,9 @@ fn plan<'t>(
     if prompt_len >= max_length {
         return Err(GenerateError::NoRoom { prompt_len, max_length });
     }
+    check_footprint(limits, prompts.len(), prompt_len, max_length, config)?;
     let min_length = match config.min_new_tokens {
-        Some(n) => n + prompt_len,
+        Some(n) => n.saturating_add(prompt_len),
         None => config.min_length,
     };
     let stop_strings = config.stop_strings();
@@ -201,7 +281,11 @@ fn plan<'t>(
         max_length,
         eos: eos.clone(),
         stop_strings,
-        deadline: config.max_time.map(|s| Instant::now() + Duration::from_secs_f64(s)),
+        // A duration past what the clock can represent saturates: that deadline never comes.
+        deadline: config
+            .max_time
+            .and_then(|s| clock.now().checked_add(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))),
+        clock,
     };
     let seed = config.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
@@ -213,9 +297,41 @@ fn plan<'t>(
         max_length,
         pad,
         eos,
+        vocab: limits.vocab_size,
         pipeline,
         stopping,
         seed,
     };
     Ok((plan, notices))
+}
+
+/// Refuses a call whose rows or memory pass [`limits`], before anything is allocated.
+fn check_footprint(
+    model: ModelLimits,
+    prompts: usize,
+    prompt_len: usize,
+    max_length: usize,
+    config: &GenerationConfig,
+) -> Result<(), GenerateError> {
+    let beams = config.num_beams > 1;
+    let per_prompt = if beams { config.num_beams } else { config.num_return_sequences };
+    let u = |x: usize| u64::try_from(x).unwrap_or(u64::MAX);
+    let rows = u(prompts).saturating_mul(u(per_prompt));
+    let shape = limits::Shape {
+        rows,
+        prefill_rows: if beams { u(prompts) } else { rows },
+        prompt_len: u(prompt_len),
+        max_length: u(max_length),
+        vocab: u(model.vocab_size),
+        cache_bytes_per_position: model.cache_bytes_per_position,
+        n_head: u(model.n_head),
+    };
+    // Name the setting that multiplies the rows; with one row per prompt, the prompts or the length.
+    let field = match (beams, per_prompt > 1, prompts > 1) {
+        (true, _, _) => "num_beams",
+        (false, true, _) => "num_return_sequences",
+        (false, false, true) => "prompt",
+        (false, false, false) => "max_new_tokens",
+    };
+    limits::check(shape.footprint(), field, limits::byte_limit())
 }

@@ -25,6 +25,8 @@ pub enum Processor {
     SequenceBias {
         single: Vec<(u32, f32)>,
         multi: Vec<(Vec<u32>, f32)>,
+        /// The setting it comes from: `sequence_bias` or `bad_words_ids`.
+        setting: &'static str,
     },
     HammingDiversity {
         penalty: f32,
@@ -105,7 +107,7 @@ impl Pipeline {
         let mode = config.mode();
         let mut p = Vec::new();
         if let Some(bias) = &config.sequence_bias {
-            p.push(sequence_bias(bias.iter().map(|(ids, b)| (ids.clone(), *b))));
+            p.push(sequence_bias(bias.iter().map(|(ids, b)| (ids.clone(), *b)), "sequence_bias"));
         }
         if mode == Mode::GroupBeamSearch && config.diversity_penalty > 0.0 {
             p.push(Processor::HammingDiversity { penalty: config.diversity_penalty });
@@ -119,7 +121,7 @@ impl Pipeline {
         if let Some(words) = &config.bad_words_ids {
             // EOS alone is never banned.
             let kept = words.iter().filter(|w| !(w.len() == 1 && eos.contains(&w[0])));
-            p.push(sequence_bias(kept.map(|w| (w.clone(), f32::NEG_INFINITY))));
+            p.push(sequence_bias(kept.map(|w| (w.clone(), f32::NEG_INFINITY)), "bad_words_ids"));
         }
         if !eos.is_empty() && limits.min_length > 0 {
             p.push(Processor::MinLength { min_length: limits.min_length, eos: eos.clone() });
@@ -137,7 +139,8 @@ impl Pipeline {
             p.push(Processor::InfNanRemove);
         }
         if let Some((start, factor)) = config.exponential_decay_length_penalty {
-            p.push(Processor::ExponentialDecay { start: start + limits.prompt_len, factor, eos: eos.clone() });
+            let start = start.saturating_add(limits.prompt_len);
+            p.push(Processor::ExponentialDecay { start, factor, eos: eos.clone() });
         }
         if let Some(tokens) = &config.suppress_tokens {
             p.push(Processor::Suppress(tokens.clone()));
@@ -191,7 +194,7 @@ impl Pipeline {
 }
 
 /// SequenceBiasLogitsProcessor from (sequence, bias) pairs; later duplicates win, as in a dict.
-fn sequence_bias(pairs: impl Iterator<Item = (Vec<u32>, f32)>) -> Processor {
+fn sequence_bias(pairs: impl Iterator<Item = (Vec<u32>, f32)>, setting: &'static str) -> Processor {
     let mut order: Vec<Vec<u32>> = Vec::new();
     let mut map: HashMap<Vec<u32>, f32> = HashMap::new();
     for (ids, bias) in pairs {
@@ -209,7 +212,7 @@ fn sequence_bias(pairs: impl Iterator<Item = (Vec<u32>, f32)>) -> Processor {
             _ => multi.push((ids, bias)),
         }
     }
-    Processor::SequenceBias { single, multi }
+    Processor::SequenceBias { single, multi, setting }
 }
 
 fn set(scores: &mut [f32], ids: &[u32], value: f32) {
@@ -247,10 +250,36 @@ fn mask_keeping_top(scores: &mut [f32], remove: &[bool], min_keep: usize) {
 }
 
 impl Processor {
-    fn apply(&self, tokens: &[u32], scores: &mut [f32], earlier_groups: &[u32]) {
+    /// The generation setting this processor comes from (what an error names).
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Processor::SequenceBias { setting, .. } => setting,
+            Processor::HammingDiversity { .. } => "diversity_penalty",
+            Processor::RepetitionPenalty(_) => "repetition_penalty",
+            Processor::NoRepeatNGram(_) => "no_repeat_ngram_size",
+            Processor::MinLength { .. } => "min_length",
+            Processor::MinNewTokens { .. } => "min_new_tokens",
+            Processor::ForcedBos(_) => "forced_bos_token_id",
+            Processor::ForcedEos { .. } => "forced_eos_token_id",
+            Processor::InfNanRemove => "remove_invalid_values",
+            Processor::ExponentialDecay { .. } => "exponential_decay_length_penalty",
+            Processor::Suppress(_) => "suppress_tokens",
+            Processor::SuppressAtBegin { .. } => "begin_suppress_tokens",
+            Processor::Temperature(_) => "temperature",
+            Processor::TopK { .. } => "top_k",
+            Processor::TopP { .. } => "top_p",
+            Processor::MinP { .. } => "min_p",
+            Processor::Typical { .. } => "typical_p",
+            Processor::Epsilon { .. } => "epsilon_cutoff",
+            Processor::Eta { .. } => "eta_cutoff",
+            Processor::LogNormalize => "renormalize_logits",
+        }
+    }
+
+    pub(crate) fn apply(&self, tokens: &[u32], scores: &mut [f32], earlier_groups: &[u32]) {
         let cur_len = tokens.len();
         match self {
-            Processor::SequenceBias { single, multi } => {
+            Processor::SequenceBias { single, multi, .. } => {
                 let mut bias: HashMap<u32, f32> = HashMap::new();
                 for &(t, b) in single {
                     bias.insert(t, b);
@@ -333,7 +362,7 @@ impl Processor {
             }
             Processor::ExponentialDecay { start, factor, eos } => {
                 if cur_len > *start {
-                    let idx = (cur_len - start) as i32;
+                    let idx = i32::try_from(cur_len - start).unwrap_or(i32::MAX);
                     let scale = (f64::from(*factor).powi(idx) - 1.0) as f32;
                     for &t in eos {
                         if let Some(s) = scores.get_mut(t as usize) {
@@ -399,8 +428,9 @@ impl Processor {
                         last += 1;
                     }
                 }
-                let last = last.min(order.len() - 1);
-                let cut = shifted[order[last]];
+                let last = last.min(order.len().saturating_sub(1));
+                let Some(&at) = order.get(last) else { return };
+                let cut = shifted[at];
                 let remove: Vec<u32> = order
                     .iter()
                     .enumerate()
@@ -459,7 +489,7 @@ mod tests {
 
     #[test]
     fn sequence_bias_applies_single_and_completed_multi_token_biases() {
-        let p = sequence_bias([(vec![2], 1.0), (vec![9, 3], -5.0), (vec![8, 3], 7.0)].into_iter());
+        let p = sequence_bias([(vec![2], 1.0), (vec![9, 3], -5.0), (vec![8, 3], 7.0)].into_iter(), "sequence_bias");
         let out = run(p, &[1, 9], &[0.0; 4]);
         assert_eq!(out, vec![0.0, 0.0, 1.0, -5.0]);
     }

@@ -5,6 +5,7 @@
 //! with padding positions set to 1; each step appends a 1 to every row's
 //! mask, also for rows that already finished.
 
+use super::GenerateError;
 use crate::backend::RuntimeError;
 use crate::session::{DecoderSession, Logits, StepInput};
 
@@ -12,11 +13,13 @@ use crate::session::{DecoderSession, Logits, StepInput};
 pub(crate) struct Rows {
     pub tokens: Vec<Vec<u32>>,
     pub mask: Vec<Vec<i64>>,
+    /// The vocabulary every logits row must cover.
+    vocab: usize,
 }
 
 impl Rows {
     /// Left-pads `prompts` to a common length, each repeated `expand` times in a row.
-    pub fn new(prompts: &[Vec<u32>], expand: usize, pad: u32) -> Rows {
+    pub fn new(prompts: &[Vec<u32>], expand: usize, pad: u32, vocab: usize) -> Rows {
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let mut tokens = Vec::with_capacity(prompts.len() * expand);
         let mut mask = Vec::with_capacity(prompts.len() * expand);
@@ -31,7 +34,27 @@ impl Rows {
                 mask.push(m.clone());
             }
         }
-        Rows { tokens, mask }
+        Rows { tokens, mask, vocab }
+    }
+
+    /// The session's logits, refused unless they hold one full vocabulary row per row.
+    fn checked(&self, logits: Logits) -> Result<Logits, GenerateError> {
+        if logits.vocab != self.vocab {
+            return Err(GenerateError::VocabMismatch { got: logits.vocab, expected: self.vocab });
+        }
+        if logits.rows != self.len() || logits.data.len() != logits.rows.saturating_mul(logits.vocab) {
+            return Err(GenerateError::Runtime(RuntimeError::Input {
+                name: "logits".into(),
+                message: format!(
+                    "{} values for {} rows of {} tokens, expected {} rows",
+                    logits.data.len(),
+                    logits.rows,
+                    logits.vocab,
+                    self.len()
+                ),
+            }));
+        }
+        Ok(logits)
     }
 
     pub fn len(&self) -> usize {
@@ -57,19 +80,20 @@ impl Rows {
     }
 
     /// Runs the whole prompt of every row through the session (empty cache).
-    pub fn prefill(&self, session: &mut dyn DecoderSession) -> Result<Logits, RuntimeError> {
+    pub fn prefill(&self, session: &mut dyn DecoderSession) -> Result<Logits, GenerateError> {
         session.reset();
         let seq = self.cur_len();
         let ids: Vec<i64> = self.tokens.iter().flatten().map(|&t| i64::from(t)).collect();
         let mask: Vec<i64> = self.mask.iter().flatten().copied().collect();
         let positions: Vec<i64> = self.mask.iter().flat_map(|m| Self::positions(m, seq)).collect();
-        session.forward(&StepInput {
+        let logits = session.forward(&StepInput {
             rows: self.len(),
             seq,
             input_ids: &ids,
             attention_mask: &mask,
             position_ids: &positions,
-        })
+        })?;
+        self.checked(logits)
     }
 
     /// Appends one token to every row (and a 1 to its mask).
@@ -81,17 +105,18 @@ impl Rows {
     }
 
     /// Runs every row's last token through the session.
-    pub fn step(&self, session: &mut dyn DecoderSession) -> Result<Logits, RuntimeError> {
+    pub fn step(&self, session: &mut dyn DecoderSession) -> Result<Logits, GenerateError> {
         let ids: Vec<i64> = self.tokens.iter().map(|r| r.last().map_or(0, |&t| i64::from(t))).collect();
         let mask: Vec<i64> = self.mask.iter().flatten().copied().collect();
         let positions: Vec<i64> = self.mask.iter().flat_map(|m| Self::positions(m, 1)).collect();
-        session.forward(&StepInput {
+        let logits = session.forward(&StepInput {
             rows: self.len(),
             seq: 1,
             input_ids: &ids,
             attention_mask: &mask,
             position_ids: &positions,
-        })
+        })?;
+        self.checked(logits)
     }
 
     /// Keeps rows in the given order, in step with the session's cache.
@@ -108,7 +133,7 @@ mod tests {
 
     #[test]
     fn left_padding_and_positions() {
-        let rows = Rows::new(&[vec![5, 6, 7], vec![8]], 2, 0);
+        let rows = Rows::new(&[vec![5, 6, 7], vec![8]], 2, 0, 10);
         assert_eq!(rows.len(), 4);
         assert_eq!(rows.tokens[2], vec![0, 0, 8]);
         assert_eq!(rows.mask[3], vec![0, 0, 1]);

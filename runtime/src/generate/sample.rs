@@ -2,6 +2,7 @@
 //! token per row per step; rows that finished receive `pad_token_id` until
 //! every row is done.
 
+use super::guard::{blame, check_logits, scan};
 use super::math::{argmax, log_softmax_at, softmax};
 use super::sampling::Rng;
 use super::stopping::FinishReason;
@@ -15,7 +16,7 @@ pub(super) fn run(
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<GenerationOutput, GenerateError> {
     let expand = plan.config.num_return_sequences;
-    let mut rows = super::rows::Rows::new(prompts, expand, plan.pad);
+    let mut rows = super::rows::Rows::new(prompts, expand, plan.pad, plan.vocab);
     let n = rows.len();
     let sampling = plan.mode == Mode::Sample;
     let mut rng = Rng::new(plan.seed);
@@ -26,12 +27,22 @@ pub(super) fn run(
     let mut logits = rows.prefill(session)?;
     loop {
         let mut next = Vec::with_capacity(n);
+        let step = rows.cur_len() - plan.prompt_len;
         for r in 0..n {
-            let mut scores = logits.row(r).to_vec();
+            let raw = logits.row(r);
+            let mut scores = raw.to_vec();
             plan.pipeline.apply(&rows.tokens[r], &mut scores, &[]);
+            // A finished row only pads: what its scores hold does not matter.
+            if finished[r].is_none() {
+                check_logits(raw, plan.config.remove_invalid_values, r, step)?;
+                let s = scan(&scores);
+                if s.invalid || !s.live {
+                    return Err(blame(&plan.pipeline, &rows.tokens[r], raw, &[], step));
+                }
+            }
             let token = if sampling {
                 let probs = softmax(&scores);
-                // Every token masked (e.g. all suppressed): fall back to the best score, as argmax would.
+                // Only a finished row can have nothing to draw; it takes padding below.
                 rng.categorical(&probs).unwrap_or_else(|| argmax(&scores))
             } else {
                 argmax(&scores)

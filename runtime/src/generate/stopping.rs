@@ -77,7 +77,9 @@ pub struct Stopping<'t> {
     pub max_length: usize,
     pub eos: Vec<u32>,
     pub stop_strings: Option<StopStrings<'t>>,
+    /// When `max_time` runs out on `clock` (`None`: no limit, or one past what the clock can hold).
     pub deadline: Option<Instant>,
+    pub clock: &'t dyn super::Clock,
 }
 
 impl Stopping<'_> {
@@ -92,7 +94,7 @@ impl Stopping<'_> {
         if tokens.len() >= self.max_length {
             return Some(FinishReason::Length);
         }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.deadline.is_some_and(|d| self.clock.now() >= d) {
             return Some(FinishReason::Time);
         }
         None
