@@ -10,45 +10,12 @@
 use super::config::Gpt2Config;
 use super::weights::InMemoryWeights;
 use crate::gpt2::Task;
-use gpt2c_runtime::generate::sampling::Rng;
+use gpt2c_rng::{Normal, stream_seed};
 
-/// splitmix64: seeds per tensor from (seed, name), so a tensor's values do not depend on the others.
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Normal draws from the runtime's xoshiro256** generator, seeded per tensor.
-struct Normal {
-    rng: Rng,
-    spare: Option<f64>,
-}
-
-impl Normal {
-    fn new(seed: u64, name: &str) -> Normal {
-        let seed = name.bytes().fold(splitmix(seed), |h, b| splitmix(h ^ u64::from(b)));
-        Normal { rng: Rng::new(seed), spare: None }
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        1.0 - self.rng.next_f64()
-    }
-
-    /// A standard normal draw (Box–Muller, both values used).
-    fn sample(&mut self) -> f64 {
-        if let Some(z) = self.spare.take() {
-            return z;
-        }
-        let (u, v) = (self.uniform(), self.uniform());
-        let r = (-2.0 * u.ln()).sqrt();
-        let theta = 2.0 * std::f64::consts::PI * v;
-        self.spare = Some(r * theta.sin());
-        r * theta.cos()
-    }
+/// Normal draws for one tensor: the workspace's generator, seeded from (seed, tensor name) so a
+/// tensor's values do not depend on the others.
+fn normal_for(seed: u64, name: &str) -> Normal {
+    Normal::new(stream_seed(seed, name))
 }
 
 /// What a tensor is initialised to.
@@ -113,7 +80,7 @@ pub fn random_weights(c: &Gpt2Config, task: Task, seed: u64) -> InMemoryWeights 
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
             Init::Normal(sd) => {
-                let mut rng = Normal::new(seed, &name);
+                let mut rng = normal_for(seed, &name);
                 (0..n).map(|_| (rng.sample() * sd) as f32).collect()
             }
         };
@@ -128,13 +95,13 @@ mod tests {
 
     #[test]
     fn normals_have_the_asked_moments() {
-        let mut rng = Normal::new(7, "x");
+        let mut rng = normal_for(7, "x");
         let n = 200_000;
         let xs: Vec<f64> = (0..n).map(|_| rng.sample()).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "mean {mean}, var {var}");
-        assert_ne!(Normal::new(7, "x").sample(), Normal::new(7, "y").sample());
-        assert_eq!(Normal::new(7, "x").sample(), Normal::new(7, "x").sample());
+        assert_ne!(normal_for(7, "x").sample(), normal_for(7, "y").sample());
+        assert_eq!(normal_for(7, "x").sample(), normal_for(7, "x").sample());
     }
 }

@@ -66,27 +66,12 @@ pub struct OutputError {
     pub problem: Option<String>,
 }
 
-/// A small deterministic generator (SplitMix64) so every run checks the same inputs for a seed.
-pub struct Rng(u64);
+/// The workspace's seeded generator: every run checks the same inputs for a seed.
+pub use gpt2c_rng::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn normal_ish(&mut self) -> f32 {
-        // Sum of uniforms: enough spread for encoder states.
-        (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0
-    }
+/// A token id in `0..n`.
+fn below(rng: &mut Rng, n: usize) -> usize {
+    rng.below(n.max(1) as u64) as usize
 }
 
 fn tensor_i64(shape: Vec<usize>, data: Vec<i64>) -> Result<HostTensor, String> {
@@ -133,7 +118,7 @@ pub fn cases(c: &Gpt2Config, task: Task, rng: &mut Rng) -> Result<Vec<Case>, Str
     let pad = c.pad_token_id.or(c.eos_token_ids.first().copied()).map_or(0, i64::from).clamp(0, vocab as i64 - 1);
     let len = 8.min(c.n_positions.max(2));
     let mut random_row = |n: usize| -> Vec<i64> {
-        (0..n).map(|_| rng.below(vocab) as i64).map(|t| if t == pad { (t + 1) % vocab as i64 } else { t }).collect()
+        (0..n).map(|_| below(rng, vocab) as i64).map(|t| if t == pad { (t + 1) % vocab as i64 } else { t }).collect()
     };
     let mut out = Vec::new();
     let fixed_batch = task == Task::TextClassification && c.pad_token_id.is_none();
@@ -180,7 +165,8 @@ pub fn cases(c: &Gpt2Config, task: Task, rng: &mut Rng) -> Result<Vec<Case>, Str
             inputs.push(("mc_token_ids".into(), tensor_i64(lead.clone(), vec![len as i64 - 1; n])?));
         }
         if task.cross_attends(c) {
-            let states = (0..batch * enc_len * c.n_embd).map(|_| rng.normal_ish()).collect();
+            let mut normal = gpt2c_rng::Normal::new(rng.next_u64());
+            let states = (0..batch * enc_len * c.n_embd).map(|_| normal.sample() as f32).collect();
             inputs.push(("encoder_hidden_states".into(), tensor_f32(vec![batch, enc_len, c.n_embd], states)?));
             let mut enc_mask = vec![1; batch * enc_len];
             enc_mask[0] = 0; // one masked encoder state
@@ -216,7 +202,7 @@ pub fn decode_case(
         mask.extend_from_slice(&previous.mask[r * previous.total..(r + 1) * previous.total]);
         mask.push(1);
     }
-    let ids = (0..rows).map(|_| rng.below(c.vocab_size.max(1)) as i64).collect();
+    let ids = (0..rows).map(|_| below(rng, c.vocab_size) as i64).collect();
     let mut inputs = vec![
         ("input_ids".to_string(), tensor_i64(vec![rows, 1], ids)?),
         ("attention_mask".to_string(), tensor_i64(vec![rows, total], mask.clone())?),

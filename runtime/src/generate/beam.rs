@@ -29,7 +29,7 @@
 use super::config::EarlyStopping;
 use super::guard::{blame, check_logits, scan};
 use super::math::{log_softmax, softmax};
-use super::sampling::Rng;
+use super::sampling::{Draw, Rng};
 use super::stopping::FinishReason;
 use super::{GenerateError, GenerationOutput, Mode, Plan, SequenceResult};
 use crate::session::DecoderSession;

@@ -4,7 +4,7 @@
 
 use super::guard::{blame, check_logits, scan};
 use super::math::{argmax, log_softmax_at, softmax};
-use super::sampling::Rng;
+use super::sampling::{Draw, Rng};
 use super::stopping::FinishReason;
 use super::{GenerateError, GenerationOutput, Mode, Plan, SequenceResult};
 use crate::session::DecoderSession;

@@ -1,46 +1,22 @@
-//! Seeded random choices for sampling: xoshiro256** seeded through
-//! splitmix64, so the same seed gives the same tokens on every platform.
-//! (Seeded runs are reproducible within gpt2c; they do not reproduce torch's RNG.)
+//! Seeded random choices for sampling, drawn from the workspace's one
+//! generator (`gpt2c_rng`: xoshiro256** seeded through splitmix64), so the
+//! same seed gives the same tokens on every platform. (Seeded runs are
+//! reproducible within gpt2c; they do not reproduce torch's RNG.)
 
-/// A small, fast, reproducible generator.
-#[derive(Clone, Debug)]
-pub struct Rng {
-    s: [u64; 4],
+pub use gpt2c_rng::Rng;
+
+/// Categorical draws over weights.
+pub trait Draw {
+    /// Draws an index with probability proportional to `weights` (zeros are never drawn);
+    /// `None` when every weight is zero.
+    fn categorical(&mut self, weights: &[f32]) -> Option<usize>;
+    /// `n` distinct indices drawn without replacement (as torch.multinomial(replacement=False)),
+    /// fewer when fewer weights are positive.
+    fn categorical_distinct(&mut self, weights: &[f32], n: usize) -> Vec<usize>;
 }
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Rng { s: [next(), next(), next(), next()] }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Draws an index with probability proportional to `weights` (zeros are never drawn).
-    /// Returns `None` when every weight is zero.
-    pub fn categorical(&mut self, weights: &[f32]) -> Option<usize> {
+impl Draw for Rng {
+    fn categorical(&mut self, weights: &[f32]) -> Option<usize> {
         let total: f64 = weights.iter().map(|&w| f64::from(w.max(0.0))).sum();
         if total.is_nan() || total <= 0.0 {
             return None;
@@ -60,8 +36,7 @@ impl Rng {
         last_positive
     }
 
-    /// `n` distinct indices drawn without replacement (as torch.multinomial(replacement=False)).
-    pub fn categorical_distinct(&mut self, weights: &[f32], n: usize) -> Vec<usize> {
+    fn categorical_distinct(&mut self, weights: &[f32], n: usize) -> Vec<usize> {
         let mut w = weights.to_vec();
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
