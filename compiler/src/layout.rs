@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::checkpoint::Gpt2Config;
 
 /// Where files go and which runtime configs are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layout {
     /// `model.onnx` at the top (optimum, ONNX Runtime, gpt2c).
     #[default]
@@ -25,9 +25,14 @@ pub enum Layout {
     /// Also `genai_config.json` for onnxruntime-genai.
     Genai,
     /// `onnx/model{suffix}.onnx` for transformers.js.
-    #[value(name = "transformers.js")]
     TransformersJs,
 }
+
+crate::named::named_enum!(Layout, "layout", {
+    Optimum => "optimum",
+    Genai => "genai",
+    TransformersJs => "transformers.js",
+});
 
 impl Layout {
     /// The model file's path inside the export folder.

@@ -11,8 +11,8 @@ pub mod gpt2;
 pub mod hub;
 pub mod ir;
 pub mod layout;
+mod named;
 pub mod onnx;
 pub mod quant;
-pub mod verify;
 
 pub use export::{ExportError, ExportOptions, ExportSummary, Progress, export};

@@ -3,7 +3,7 @@
 //! split and in-place specialization (`gpt2c generate`), and `gpt2c verify`'s model-only checks.
 #![no_main]
 
-use gpt2c_compiler::verify::{infer, structure};
+use gpt2c_verify::{infer, structure};
 use gpt2c_proto::{self as pb, splice};
 use gpt2c_runtime::specialize::{Edits, specialize};
 use libfuzzer_sys::fuzz_target;

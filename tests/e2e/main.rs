@@ -15,3 +15,4 @@ mod precision;
 mod sampling;
 mod streaming;
 mod verify;
+mod verify_inference;

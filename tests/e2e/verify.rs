@@ -8,10 +8,10 @@ use gpt2c_compiler::ExportOptions;
 use gpt2c_compiler::gpt2::{FloatType, GraphOptions, Precision, Quantize, Target};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
-use gpt2c_compiler::verify::{Report, VerifyOptions, verify};
 use gpt2c_proto as pb;
 use gpt2c_runtime::BackendKind;
 use gpt2c_tests::{backends, export_fixture, fixture, repo_root};
+use gpt2c_verify::{Report, VerifyOptions, verify};
 
 fn options(reference: Option<&Path>, backends: Vec<BackendKind>) -> VerifyOptions {
     VerifyOptions { reference: reference.map(Path::to_path_buf), backends, ..Default::default() }

@@ -6,12 +6,21 @@ use std::str::FromStr;
 use crate::ir::DType;
 
 /// Float type of weights and matmuls (`--dtype`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FloatType {
     #[default]
     Fp32,
     Fp16,
 }
+
+crate::named::named_enum!(FloatType, "float type", { Fp32 => "fp32", Fp16 => "fp16" });
+crate::named::named_enum!(Quantize, "quantization", {
+    None => "none",
+    Int8 => "int8",
+    Int8Weights => "int8-weights",
+    Int4 => "int4",
+});
+crate::named::named_enum!(Target, "target", { Portable => "portable", Ort => "ort" });
 
 impl FloatType {
     pub fn dtype(self) -> DType {
@@ -23,7 +32,7 @@ impl FloatType {
 }
 
 /// Weight quantization (`--quantize`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Quantize {
     #[default]
     None,
@@ -37,7 +46,7 @@ pub enum Quantize {
 }
 
 /// The runtime a graph is shaped for (`--target`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Target {
     /// Standard ONNX operators only (ONNX Runtime, tract and any other runtime).
     #[default]

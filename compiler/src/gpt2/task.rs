@@ -1,32 +1,24 @@
 //! Export tasks, with optimum's names, and the task a checkpoint's `architectures` implies.
 
 /// What the exported graph computes (`--task`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Task {
     /// `GPT2LMHeadModel` without a cache: `logits` for every position.
-    #[value(name = "text-generation")]
     TextGeneration,
     /// `GPT2LMHeadModel` with past key/values (the default): prompt and decode steps in one graph.
     #[default]
-    #[value(name = "text-generation-with-past")]
     TextGenerationWithPast,
     /// `GPT2Model`: `last_hidden_state` (the final LayerNorm's output).
-    #[value(name = "feature-extraction")]
     FeatureExtraction,
     /// `GPT2Model` with past key/values.
-    #[value(name = "feature-extraction-with-past")]
     FeatureExtractionWithPast,
     /// `GPT2ForSequenceClassification`: `logits` [batch, num_labels] at each row's last non-pad token.
-    #[value(name = "text-classification")]
     TextClassification,
     /// `GPT2ForTokenClassification`: `logits` [batch, sequence, num_labels].
-    #[value(name = "token-classification")]
     TokenClassification,
     /// `GPT2ForQuestionAnswering`: `start_logits`, `end_logits` [batch, sequence].
-    #[value(name = "question-answering")]
     QuestionAnswering,
     /// `GPT2DoubleHeadsModel`: inputs [batch, num_choices, sequence] and `mc_token_ids`; `logits` and `mc_logits`.
-    #[value(name = "multiple-choice")]
     MultipleChoice,
 }
 
@@ -40,21 +32,18 @@ const ARCHITECTURES: [(&str, Task); 6] = [
     ("GPT2DoubleHeadsModel", Task::MultipleChoice),
 ];
 
-impl Task {
-    /// optimum's task name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::TextGeneration => "text-generation",
-            Task::TextGenerationWithPast => "text-generation-with-past",
-            Task::FeatureExtraction => "feature-extraction",
-            Task::FeatureExtractionWithPast => "feature-extraction-with-past",
-            Task::TextClassification => "text-classification",
-            Task::TokenClassification => "token-classification",
-            Task::QuestionAnswering => "question-answering",
-            Task::MultipleChoice => "multiple-choice",
-        }
-    }
+crate::named::named_enum!(Task, "task", {
+    TextGeneration => "text-generation",
+    TextGenerationWithPast => "text-generation-with-past",
+    FeatureExtraction => "feature-extraction",
+    FeatureExtractionWithPast => "feature-extraction-with-past",
+    TextClassification => "text-classification",
+    TokenClassification => "token-classification",
+    QuestionAnswering => "question-answering",
+    MultipleChoice => "multiple-choice",
+});
 
+impl Task {
     /// Whether the graph takes and returns the key/value cache.
     pub fn with_past(self) -> bool {
         matches!(self, Task::TextGenerationWithPast | Task::FeatureExtractionWithPast)

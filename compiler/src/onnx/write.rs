@@ -31,7 +31,7 @@ const SMALL_ALIGNMENT: u64 = 64;
 const LARGE_TENSOR: usize = 1 << 20;
 
 /// Where weights go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ExternalData {
     /// External when the model would pass protobuf's 2 GiB limit.
     #[default]
@@ -41,6 +41,8 @@ pub enum ExternalData {
     /// Always inline (fails past 2 GiB).
     Never,
 }
+
+crate::named::named_enum!(ExternalData, "external data choice", { Auto => "auto", Always => "always", Never => "never" });
 
 /// What was written.
 #[derive(Clone, Debug)]

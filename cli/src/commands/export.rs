@@ -10,6 +10,8 @@ use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_compiler::{ExportOptions, Progress, export};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::choice::choice;
+
 /// Compile a Hugging Face GPT-2 checkpoint into an ONNX export folder.
 ///
 /// The folder gets model.onnx (by default optimum's text-generation-with-past interface: input_ids,
@@ -61,12 +63,12 @@ pub struct ExportArgs {
 
     /// Float type of weights and matmuls. fp16 keeps LayerNorm, the attention mask and softmax and
     /// the residual stream in fp32, so GPT-2's large mask constant and activations cannot overflow.
-    #[arg(long, value_enum, default_value_t = FloatType::Fp32)]
+    #[arg(long, value_parser = choice::<FloatType>(), default_value_t = FloatType::Fp32)]
     pub dtype: FloatType,
 
     /// Float type of the graph's inputs and outputs (past/present key-values, logits); fp16 needs
     /// --dtype fp16.
-    #[arg(long, value_enum, default_value_t = FloatType::Fp32)]
+    #[arg(long, value_parser = choice::<FloatType>(), default_value_t = FloatType::Fp32)]
     pub io_dtype: FloatType,
 
     /// Weight quantization. int8: int8 weights per output channel, activations quantized at run
@@ -74,7 +76,7 @@ pub struct ExportArgs {
     /// int8 weights dequantized before a float MatMul (for runtimes without integer matmul). int4:
     /// 4-bit blocks of 32 (MatMulNBits with --target ort, blocked DequantizeLinear otherwise). The
     /// token embedding is stored as int8 rows and, tied, serves the LM head too.
-    #[arg(long, value_enum, default_value_t = Quantize::None)]
+    #[arg(long, value_parser = choice::<Quantize>(), default_value_t = Quantize::None)]
     pub quantize: Quantize,
 
     /// Parts left unquantized, comma-separated: attn, mlp, lm_head, embedding.
@@ -86,7 +88,7 @@ pub struct ExportArgs {
     /// feature-extraction, GPT2ForSequenceClassification → text-classification,
     /// GPT2ForTokenClassification → token-classification, GPT2ForQuestionAnswering →
     /// question-answering, GPT2DoubleHeadsModel → multiple-choice; none → text-generation-with-past).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Task>())]
     pub task: Option<Task>,
 
     /// Folder layout: `optimum` (model.onnx at the top, for optimum, ONNX Runtime and gpt2c),
@@ -94,17 +96,17 @@ pub struct ExportArgs {
     /// defaults from generation_config.json) or `transformers.js` (onnx/model.onnx,
     /// onnx/model_fp16.onnx, onnx/model_quantized.onnx for int8, … where @huggingface/transformers
     /// looks).
-    #[arg(long, value_enum, default_value_t = Layout::Optimum)]
+    #[arg(long, value_parser = choice::<Layout>(), default_value_t = Layout::Optimum)]
     pub layout: Layout,
 
     /// Runtime the graph is shaped for: `portable` (standard ONNX operators, runs everywhere,
     /// tract included) or `ort` (may use ONNX Runtime's com.microsoft operators).
-    #[arg(long, value_enum, default_value_t = Target::Portable)]
+    #[arg(long, value_parser = choice::<Target>(), default_value_t = Target::Portable)]
     pub target: Target,
 
     /// Where the weights go: `auto` writes one model.onnx_data file beside model.onnx only when
     /// the model would pass protobuf's 2 GiB limit; `always` and `never` force the choice.
-    #[arg(long, value_enum, default_value_t = ExternalData::Auto)]
+    #[arg(long, value_parser = choice::<ExternalData>(), default_value_t = ExternalData::Auto)]
     pub external_data: ExternalData,
 
     /// Replace the output folder if it exists and is not empty.
@@ -188,11 +190,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let summary = result?;
     for w in &summary.warnings {
-        super::output::warning(w);
+        crate::output::warning(w);
     }
     if !args.quiet {
         writeln!(
-            super::output::stdout(),
+            crate::output::stdout(),
             "exported {} parameters ({} layers, {}) to {} in {:.2} s: {} in {} files ({}){}",
             human_count(summary.parameters),
             summary.n_layer,

@@ -8,8 +8,8 @@
 use gpt2c_runtime::HostTensor;
 use serde::Serialize;
 
-use crate::checkpoint::Gpt2Config;
-use crate::gpt2::Task;
+use gpt2c_compiler::checkpoint::Gpt2Config;
+use gpt2c_compiler::gpt2::Task;
 
 /// Allowed error: an output passes when `max_abs_error <= abs + rel * max|reference|`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -181,7 +181,7 @@ pub fn cases(c: &Gpt2Config, task: Task, rng: &mut Rng) -> Result<Vec<Case>, Str
             }
         }
         let mc_per_position = task == Task::MultipleChoice
-            && c.summary.kind().is_ok_and(|k| k != crate::checkpoint::SummaryType::ClsIndex);
+            && c.summary.kind().is_ok_and(|k| k != gpt2c_compiler::checkpoint::SummaryType::ClsIndex);
         out.push(Case { name, inputs, mask, rows: n, total: len, past: 0, mc_per_position });
     }
     Ok(out)

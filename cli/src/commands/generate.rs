@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use gpt2c_runtime::ExportedModel;
 use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::{GenerationConfig, Mode};
-use gpt2c_runtime::text::{BackendChoice, TextGenerator};
-use gpt2c_runtime::{ExportedModel, RunnerOptions};
+use gpt2c_runtime::text::TextGenerator;
 use serde_json::{Map, Value, json};
 
-use super::output;
+use super::run_args::RunArgs;
+use crate::output;
 
 /// Generate text from an export folder, on ONNX Runtime or tract.
 ///
@@ -44,24 +45,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub prompts_file: Option<PathBuf>,
 
-    /// `ort` (ONNX Runtime), `tract` (pure Rust, nothing to install), or `auto`: ONNX Runtime when its
-    /// library is found (ORT_DYLIB_PATH, the Python onnxruntime package, the system path), else tract.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    pub backend: Backend,
-
-    /// ONNX Runtime execution providers in order of preference, e.g. `cuda,cpu` (also tensorrt,
-    /// openvino, rocm, migraphx, onednn, xnnpack, coreml, directml, qnn, webgpu). One that is not
-    /// available is skipped with a warning; CPU is always the last resort.
-    #[arg(long, value_delimiter = ',')]
-    pub ep: Vec<String>,
-
-    /// Fail instead of warning when an execution provider given with --ep is unavailable.
-    #[arg(long)]
-    pub ep_strict: bool,
-
-    /// Threads per operator (ONNX Runtime intra-op threads; tract's thread pool).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub run: RunArgs,
 
     /// Print one JSON object: token ids, text, finish reason and scores per sequence.
     #[arg(long)]
@@ -73,13 +58,6 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub options: GenerationOptions,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    Auto,
-    Ort,
-    Tract,
 }
 
 /// transformers' generation options (each overrides generation_config.json).
@@ -279,20 +257,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     // Everything the command line decides is checked before the model loads.
     let prompts = read_prompts(&args)?;
     let overrides = args.options.overrides()?;
-    let choice = match args.backend {
-        Backend::Auto => BackendChoice::Auto,
-        Backend::Ort => BackendChoice::Ort,
-        Backend::Tract => BackendChoice::Tract,
-    };
-    let options = RunnerOptions {
-        threads: args.threads,
-        execution_providers: args.ep.clone(),
-        ep_strict: args.ep_strict,
-        // Generation reads the last position only: skip the LM head elsewhere.
-        logits: LogitsScope::Last,
-        ..Default::default()
-    };
-    options.validate()?;
+    let choice = args.run.choice();
+    // Generation reads the last position only: skip the LM head elsewhere.
+    let options = args.run.options(LogitsScope::Last, None)?;
     let started = Instant::now();
     let model = ExportedModel::open(&args.model)?;
     let tokenizer = model.tokenizer()?;

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
+use gpt2c_runtime::ExportedModel;
+use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::perplexity::perplexity;
-use gpt2c_runtime::text::{BackendChoice, TextGenerator};
-use gpt2c_runtime::{ExportedModel, RunnerOptions};
+use gpt2c_runtime::text::TextGenerator;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::generate::Backend;
+use super::run_args::RunArgs;
 
 /// Perplexity of an export on a text file, with sliding windows.
 ///
@@ -36,12 +37,8 @@ pub struct PerplexityArgs {
     /// Score only the first N tokens of the text.
     #[arg(long)]
     pub limit_tokens: Option<usize>,
-    /// `ort`, `tract` or `auto`.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    pub backend: Backend,
-    /// Threads per operator.
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -51,7 +48,9 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
-    let text = super::output::read_text(&args.text, "text", 1 << 30)?;
+    let choice = args.run.choice();
+    let options = args.run.options(LogitsScope::All, None)?;
+    let text = crate::output::read_text(&args.text, "text", 1 << 30)?;
     let model = ExportedModel::open(&args.model)?;
     let tokenizer = model.tokenizer()?;
     let mut ids = tokenizer.encode(&text).map_err(anyhow::Error::msg)?;
@@ -61,16 +60,10 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let n_positions = model.config.n_positions;
     let max_length = args.max_length.unwrap_or(n_positions);
     let stride = args.stride.unwrap_or((max_length / 2).max(1));
-    let choice = match args.backend {
-        Backend::Auto => BackendChoice::Auto,
-        Backend::Ort => BackendChoice::Ort,
-        Backend::Tract => BackendChoice::Tract,
-    };
-    let options = RunnerOptions { threads: args.threads, ..Default::default() };
     let mut g = TextGenerator::from_parts(model, tokenizer, choice, &options)?;
     if !args.quiet {
         for n in &g.notices {
-            super::output::note(n);
+            crate::output::note(n);
         }
     }
     let bar = if args.quiet || args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
@@ -85,7 +78,7 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let mut out = super::output::stdout();
+    let mut out = crate::output::stdout();
     if args.json {
         writeln!(
             out,

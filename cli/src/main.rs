@@ -1,6 +1,9 @@
-//! The `gpt2c` command line.
+//! The `gpt2c` command line: arguments (clap), progress (indicatif) and error reports (anyhow),
+//! over the compiler, the runtime and verify.
 
-mod cli;
+mod choice;
+mod commands;
+mod output;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,8 +11,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    match cli::run(args) {
+    let args = commands::Cli::parse();
+    match commands::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A closed pipe (`gpt2c ... | head`) is not a failure.
@@ -19,7 +22,7 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            if err.downcast_ref::<cli::Failed>().is_some() {
+            if err.downcast_ref::<commands::Failed>().is_some() {
                 return ExitCode::from(1);
             }
             let mut stderr = std::io::stderr().lock();

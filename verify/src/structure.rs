@@ -9,6 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path};
 
 use gpt2c_proto::{self as pb, DataType};
+
+use crate::infer::ops::normalize_domain;
 use serde::Serialize;
 
 pub use gpt2c_proto::MAX_MODEL_BYTES;
@@ -152,10 +154,6 @@ fn check_versions(model: &pb::ModelProto, graph: &pb::GraphProto) -> Vec<Finding
         }
     }
     out
-}
-
-fn normalize_domain(d: &str) -> &str {
-    if d == "ai.onnx" { "" } else { d }
 }
 
 /// `node 12 "/h.0/attn/MatMul" (MatMul)`.
@@ -382,84 +380,6 @@ fn external_file_size(root: &Path, location: &str) -> Result<u64, String> {
     Ok(meta.len())
 }
 
-/// Operators verify knows: (domain, op type, first opset version with the form gpt2c and its
-/// peers emit). An op outside this table, or imported at an older opset, is reported.
-const KNOWN_OPS: &[(&str, &str, i64)] = &[
-    ("", "Abs", 13),
-    ("", "Add", 7),
-    ("", "And", 7),
-    ("", "ArgMax", 13),
-    ("", "Attention", 23),
-    ("", "Cast", 13),
-    ("", "Clip", 13),
-    ("", "Concat", 13),
-    ("", "Constant", 13),
-    ("", "ConstantOfShape", 9),
-    ("", "CumSum", 14),
-    ("", "DequantizeLinear", 13),
-    ("", "Div", 7),
-    ("", "DynamicQuantizeLinear", 11),
-    ("", "Equal", 13),
-    ("", "Erf", 13),
-    ("", "Exp", 13),
-    ("", "Expand", 13),
-    ("", "Gather", 13),
-    ("", "GatherElements", 13),
-    ("", "GatherND", 13),
-    ("", "Flatten", 13),
-    ("", "Gelu", 20),
-    ("", "Gemm", 13),
-    ("", "Greater", 13),
-    ("", "GreaterOrEqual", 16),
-    ("", "HardSigmoid", 6),
-    ("", "Identity", 13),
-    ("", "IsInf", 10),
-    ("", "IsNaN", 13),
-    ("", "LayerNormalization", 17),
-    ("", "LeakyRelu", 6),
-    ("", "Less", 13),
-    ("", "LessOrEqual", 16),
-    ("", "Log", 13),
-    ("", "MatMul", 13),
-    ("", "MatMulInteger", 10),
-    ("", "Max", 13),
-    ("", "Min", 13),
-    ("", "Mish", 18),
-    ("", "Mul", 7),
-    ("", "Neg", 13),
-    ("", "Not", 1),
-    ("", "Or", 7),
-    ("", "Pow", 13),
-    ("", "Range", 11),
-    ("", "ReduceMax", 13),
-    ("", "ReduceMean", 13),
-    ("", "ReduceSum", 13),
-    ("", "Relu", 13),
-    ("", "Reshape", 14),
-    ("", "Shape", 13),
-    ("", "Sigmoid", 13),
-    ("", "Slice", 13),
-    ("", "Softmax", 13),
-    ("", "Softplus", 1),
-    ("", "Split", 13),
-    ("", "Sqrt", 13),
-    ("", "Squeeze", 13),
-    ("", "Sub", 7),
-    ("", "Tanh", 13),
-    ("", "Tile", 13),
-    ("", "Transpose", 13),
-    ("", "Trilu", 14),
-    ("", "Unsqueeze", 13),
-    ("", "Where", 9),
-    ("com.microsoft", "Attention", 1),
-    ("com.microsoft", "BiasGelu", 1),
-    ("com.microsoft", "FastGelu", 1),
-    ("com.microsoft", "GroupQueryAttention", 1),
-    ("com.microsoft", "MatMulNBits", 1),
-    ("com.microsoft", "MultiHeadAttention", 1),
-    ("com.microsoft", "SkipLayerNormalization", 1),
-];
-
 fn check_operators(model: &pb::ModelProto, graph: &pb::GraphProto) -> Vec<Finding> {
     let imported: HashMap<&str, i64> =
         model.opset_import.iter().map(|o| (normalize_domain(o.domain()), o.version())).collect();
@@ -468,11 +388,15 @@ fn check_operators(model: &pb::ModelProto, graph: &pb::GraphProto) -> Vec<Findin
     for (i, n) in graph.node.iter().enumerate() {
         let domain = normalize_domain(n.domain());
         let Some(&version) = imported.get(domain) else { continue }; // reported by the versions check
-        let known = KNOWN_OPS.iter().find(|(d, op, _)| *d == domain && *op == n.op_type());
-        let message = match known {
+        // The registry that shape inference dispatches on: known here means inferred there.
+        let message = match crate::infer::ops::lookup(domain, n.op_type()) {
             None => format!("{}: operator unknown to gpt2c verify", node_label(i, n)),
-            Some((_, _, since)) if version < *since => {
-                format!("{}: needs opset {since} or later of its domain, the model imports {version}", node_label(i, n))
+            Some(o) if version < o.since => {
+                format!(
+                    "{}: needs opset {} or later of its domain, the model imports {version}",
+                    node_label(i, n),
+                    o.since
+                )
             }
             Some(_) => continue,
         };

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use gpt2c_runtime::ExportedModel;
 use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::{GenerationConfig, generate};
 use gpt2c_runtime::session::Observed;
-use gpt2c_runtime::{BackendKind, ExportedModel, RunnerOptions};
 use serde_json::json;
 
-use super::generate::Backend;
+use super::run_args::RunArgs;
 
 /// Measure prefill time and decode speed of an export folder.
 ///
@@ -25,12 +25,8 @@ use super::generate::Backend;
 pub struct BenchArgs {
     /// Export folder written by `gpt2c export`.
     pub model: PathBuf,
-    /// `ort`, `tract` or `auto` (ONNX Runtime when found, else tract).
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    pub backend: Backend,
-    /// Threads per operator.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Prompts decoded together.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -107,8 +103,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let logits = if args.all_logits { LogitsScope::All } else { LogitsScope::Last };
-    let options = RunnerOptions { threads: Some(args.threads), logits, ..Default::default() };
-    options.validate()?;
+    let options = args.run.options(logits, Some(2))?;
     let model = ExportedModel::open(&args.model)?;
     let vocab = model.config.vocab_size;
     let prompt = match &args.prompt_ids {
@@ -134,14 +129,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let limits = model.config.limits();
     gpt2c_runtime::generate::check(limits, &prompts, &config, None)?;
 
-    let backend = match args.backend {
-        Backend::Ort => BackendKind::Ort,
-        Backend::Tract => BackendKind::Tract,
-        Backend::Auto => match gpt2c_runtime::backend::ort::library_path() {
-            Ok(_) => BackendKind::Ort,
-            Err(_) => BackendKind::Tract,
-        },
-    };
+    let backend = args.run.kind();
     let t_load = Instant::now();
     let loaded = model.session_with_report(backend, &options)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
@@ -203,7 +191,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let per_sequence = steps / median.decode_seconds;
     let report = json!({
         "backend": loaded.description,
-        "threads": args.threads,
+        "threads": options.threads,
         "batch": args.batch,
         "num_beams": args.num_beams,
         "prompt_tokens": prompt.len(),
@@ -218,7 +206,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "peak_rss_mib": peak_rss_mib().map(|m| m.round()),
         "tokens": median.first_tokens,
     });
-    let mut out = super::output::stdout();
+    let mut out = crate::output::stdout();
     if args.json {
         writeln!(out, "{report}")?;
     } else {

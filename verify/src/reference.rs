@@ -22,9 +22,10 @@ use std::collections::BTreeMap;
 use gpt2c_runtime::{HostData, HostTensor};
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Zip, s};
 
-use crate::checkpoint::{Activation, Checkpoint, Gpt2Config, SummaryType, WeightError, Weights};
-use crate::gpt2::Task;
-use crate::gpt2::contract;
+use gpt2c_compiler::checkpoint::{Activation, Checkpoint, Gpt2Config, SummaryType, WeightError, Weights};
+use gpt2c_compiler::gpt2::Task;
+
+use crate::contract;
 
 /// Errors loading the reference model or running it.
 #[derive(Debug, thiserror::Error)]

@@ -176,7 +176,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         );
     }
     let description = describe(&path, &model);
-    let mut out = super::output::stdout();
+    let mut out = crate::output::stdout();
     if args.json {
         writeln!(out, "{description}")?;
     } else {

@@ -12,6 +12,7 @@ pub fn stdout() -> std::io::StdoutLock<'static> {
 }
 
 /// `note: …` on stderr.
+#[cfg(feature = "run")]
 pub fn note(message: impl Display) {
     let _ = writeln!(std::io::stderr(), "note: {message}");
 }
@@ -21,6 +22,7 @@ pub fn warning(message: impl Display) {
     let _ = writeln!(std::io::stderr(), "warning: {message}");
 }
 
+#[cfg(feature = "run")]
 /// Reads a text file the user named, refusing one over `limit` bytes before reading it (a text of
 /// gigabytes is a wrong path, not an input) and naming `what` it is for.
 pub fn read_text(path: &std::path::Path, what: &str, limit: u64) -> anyhow::Result<String> {

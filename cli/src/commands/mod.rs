@@ -1,11 +1,16 @@
 //! Command-line arguments (clap derive; doc comments are the help text) and dispatch.
 
+#[cfg(feature = "run")]
 mod bench;
 mod export;
+#[cfg(feature = "run")]
 mod generate;
 mod inspect;
-mod output;
+#[cfg(feature = "run")]
 mod perplexity;
+#[cfg(feature = "run")]
+mod run_args;
+#[cfg(feature = "run")]
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -26,10 +31,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Export(export::ExportArgs),
+    #[cfg(feature = "run")]
     Generate(Box<generate::GenerateArgs>),
+    #[cfg(feature = "run")]
     Bench(bench::BenchArgs),
+    #[cfg(feature = "run")]
     Perplexity(perplexity::PerplexityArgs),
     Inspect(inspect::InspectArgs),
+    #[cfg(feature = "run")]
     Verify(verify::VerifyArgs),
 }
 
@@ -48,10 +57,14 @@ impl std::error::Error for Failed {}
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Export(args) => export::run(args),
+        #[cfg(feature = "run")]
         Command::Generate(args) => generate::run(*args),
+        #[cfg(feature = "run")]
         Command::Bench(args) => bench::run(args),
+        #[cfg(feature = "run")]
         Command::Perplexity(args) => perplexity::run(args),
         Command::Inspect(args) => inspect::run(args),
+        #[cfg(feature = "run")]
         Command::Verify(args) => verify::run(args),
     }
 }

@@ -24,10 +24,13 @@ use gpt2c_proto as pb;
 use gpt2c_runtime::{BackendKind, RunnerOptions};
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, Gpt2Config};
-use crate::gpt2::Task;
+use gpt2c_compiler::checkpoint::{Checkpoint, Gpt2Config};
+use gpt2c_compiler::gpt2::Task;
 use numeric::{Case, OutputError, Rng, Tolerance};
 use structure::{Check, Finding};
+
+/// The graph's file in an export folder.
+const MODEL_FILE: &str = "model.onnx";
 
 /// The JSON report's schema name; bumped on any incompatible change.
 pub const SCHEMA: &str = "gpt2c.verify/1";
@@ -128,7 +131,7 @@ pub fn locate_model(path: &Path) -> Result<(PathBuf, PathBuf), VerifyError> {
         };
         return Ok((path.into(), export));
     }
-    let top = path.join(crate::export::MODEL_FILE);
+    let top = path.join(MODEL_FILE);
     if top.is_file() {
         return Ok((top, path.into()));
     }
@@ -160,8 +163,7 @@ fn metadata<'a>(model: &'a pb::ModelProto, key: &str) -> Option<&'a str> {
 /// The export's task: gpt2c's metadata, else what the inputs and config.json's architectures say.
 fn task_of(model: &pb::ModelProto, config: &Gpt2Config) -> Result<Task, String> {
     if let Some(name) = metadata(model, "gpt2c.task") {
-        return <Task as clap::ValueEnum>::from_str(name, false)
-            .map_err(|_| format!("metadata gpt2c.task = \"{name}\" names no task gpt2c knows"));
+        return name.parse::<Task>().map_err(|_| format!("metadata gpt2c.task = \"{name}\" names no task gpt2c knows"));
     }
     let inputs: Vec<&str> = model.graph.iter().flat_map(|g| g.input.iter().map(|v| v.name())).collect();
     let task = Task::from_architectures(&config.architectures)?;

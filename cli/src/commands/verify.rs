@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use gpt2c_compiler::verify::{self, VerifyOptions, numeric::Tolerance};
 use gpt2c_runtime::BackendKind;
+use gpt2c_verify::{self as verify, VerifyOptions, numeric::Tolerance};
+
+use super::run_args::BackendName;
 
 /// Check that an export is well-formed, keeps the I/O contract, and computes what its checkpoint
 /// computes.
@@ -32,8 +34,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "CHECKPOINT_DIR")]
     pub reference: Option<PathBuf>,
     /// Backends that run the export against the reference, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "ort,tract", value_parser = ["ort", "tract"])]
-    pub backends: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ort,tract")]
+    pub backends: Vec<BackendName>,
     /// Allowed error as `ABS` or `ABS,REL`: an output passes when its max abs error <= ABS + REL × its
     /// largest reference magnitude. Default by precision: fp32 1e-4,1e-4; fp16 1e-3,0.02;
     /// int8 0.01,0.15; int4 0.01,0.5.
@@ -65,8 +67,9 @@ fn parse_tolerance(s: &str) -> Result<Tolerance, String> {
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
-    let backends =
-        args.backends.iter().map(|b| if b == "ort" { BackendKind::Ort } else { BackendKind::Tract }).collect();
+    // A thread count out of range is a usage error, not a backend that fails to load.
+    gpt2c_runtime::RunnerOptions { threads: args.threads, ..Default::default() }.validate()?;
+    let backends = args.backends.iter().map(|&b| BackendKind::from(b)).collect();
     let options = VerifyOptions {
         reference: args.reference,
         backends,
@@ -75,7 +78,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         threads: args.threads,
     };
     let report = verify::verify(&args.export, &options).context("gpt2c verify")?;
-    let mut out = super::output::stdout();
+    let mut out = crate::output::stdout();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {

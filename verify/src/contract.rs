@@ -5,8 +5,8 @@
 use gpt2c_proto::{self as pb, DataType, tensor_shape_proto::dimension};
 
 use super::structure::{Check, Finding};
-use crate::checkpoint::Gpt2Config;
-use crate::gpt2::Task;
+use gpt2c_compiler::checkpoint::Gpt2Config;
+use gpt2c_compiler::gpt2::Task;
 
 /// One declared input or output.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +32,33 @@ const ENC: &str = "encoder_sequence_length";
 const PAST_ENC: &str = "past_encoder_sequence_length";
 const ENC_TOTAL: &str = "past_encoder_sequence_length + encoder_sequence_length";
 
+/// `past_key_values.{layer}.key` and the other cache names, spelled here once for verify (the
+/// compiler and the runtime spell their own: verify checks them against this).
+pub fn past_key(layer: usize) -> String {
+    format!("past_key_values.{layer}.key")
+}
+pub fn past_value(layer: usize) -> String {
+    format!("past_key_values.{layer}.value")
+}
+pub fn past_cross_key(layer: usize) -> String {
+    format!("past_key_values.{layer}.encoder.key")
+}
+pub fn past_cross_value(layer: usize) -> String {
+    format!("past_key_values.{layer}.encoder.value")
+}
+pub fn present_key(layer: usize) -> String {
+    format!("present.{layer}.key")
+}
+pub fn present_value(layer: usize) -> String {
+    format!("present.{layer}.value")
+}
+pub fn present_cross_key(layer: usize) -> String {
+    format!("present.{layer}.encoder.key")
+}
+pub fn present_cross_value(layer: usize) -> String {
+    format!("present.{layer}.encoder.value")
+}
+
 fn port(name: impl Into<String>, elem: DataType, dims: &[&str]) -> Port {
     Port { name: name.into(), elem, dims: dims.iter().map(|d| d.to_string()).collect() }
 }
@@ -56,19 +83,14 @@ impl Contract {
             inputs.push(port("position_ids", DataType::Int64, &tokens));
         }
         let cache = |length: &str| [batch, heads.as_str(), length, head_dim.as_str()].map(String::from);
-        let cache_ports = |prefix: &str, suffix: &str, length: &str| -> Vec<Port> {
+        type Names = (fn(usize) -> String, fn(usize) -> String);
+        let cache_ports = |(key, value): Names, length: &str| -> Vec<Port> {
             (0..c.n_layer)
-                .flat_map(|i| {
-                    ["key", "value"].map(|kv| Port {
-                        name: format!("{prefix}.{i}.{suffix}{kv}"),
-                        elem: float,
-                        dims: cache(length).to_vec(),
-                    })
-                })
+                .flat_map(|i| [key(i), value(i)].map(|name| Port { name, elem: float, dims: cache(length).to_vec() }))
                 .collect()
         };
         if past {
-            inputs.extend(cache_ports("past_key_values", "", PAST));
+            inputs.extend(cache_ports((past_key, past_value), PAST));
         }
         if mc {
             inputs.push(port("mc_token_ids", DataType::Int64, &[batch, "num_choices"]));
@@ -78,7 +100,7 @@ impl Contract {
             inputs.push(port("encoder_hidden_states", float, &[batch, ENC, &width]));
             inputs.push(port("encoder_attention_mask", DataType::Int64, &[batch, if past { ENC_TOTAL } else { ENC }]));
             if past {
-                inputs.extend(cache_ports("past_key_values", "encoder.", PAST_ENC));
+                inputs.extend(cache_ports((past_cross_key, past_cross_value), PAST_ENC));
             }
         }
         let mut outputs = match task {
@@ -97,9 +119,9 @@ impl Contract {
             ],
         };
         if past {
-            outputs.extend(cache_ports("present", "", TOTAL));
+            outputs.extend(cache_ports((present_key, present_value), TOTAL));
             if cross {
-                outputs.extend(cache_ports("present", "encoder.", ENC_TOTAL));
+                outputs.extend(cache_ports((present_cross_key, present_cross_value), ENC_TOTAL));
             }
         }
         Contract { inputs, outputs }
