@@ -17,8 +17,7 @@ use crate::checkpoint::{Checkpoint, CheckpointError, TOKENIZER_FILES};
 use crate::gpt2::{self, BuildError, GraphOptions};
 use crate::onnx::{self, ExternalData, ModelMeta, WriteError};
 
-/// The model file name in an export folder.
-pub const MODEL_FILE: &str = "model.onnx";
+pub use crate::layout::MODEL_FILE;
 
 /// Options of one export.
 #[derive(Clone, Debug, Default)]
@@ -115,7 +114,7 @@ pub fn export(
     check_output(out_dir, options.force)?;
     progress(Progress::Step("reading checkpoint"));
     let ckpt = match options.random_init {
-        Some(seed) => Checkpoint::random(model_dir, options.graph.task, seed)?,
+        Some(seed) => crate::gpt2::random_init::random_checkpoint(model_dir, options.graph.task, seed)?,
         None => Checkpoint::open(model_dir)?,
     };
     progress(Progress::Step("building graph"));

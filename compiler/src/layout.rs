@@ -16,6 +16,9 @@ use serde_json::{Map, Value, json};
 
 use crate::checkpoint::Gpt2Config;
 
+/// The graph's file in the default layout.
+pub const MODEL_FILE: &str = "model.onnx";
+
 /// Where files go and which runtime configs are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layout {
@@ -49,7 +52,7 @@ impl Layout {
                 };
                 format!("onnx/model{suffix}.onnx")
             }
-            _ => crate::export::MODEL_FILE.to_string(),
+            _ => MODEL_FILE.to_string(),
         }
     }
 }
@@ -110,7 +113,7 @@ pub fn genai_config(c: &Gpt2Config, generation: &Map<String, Value>) -> Value {
             "vocab_size": c.vocab_size,
             "context_length": c.n_positions,
             "decoder": {
-                "filename": crate::export::MODEL_FILE,
+                "filename": MODEL_FILE,
                 "session_options": { "log_id": "onnxruntime-genai", "provider_options": [] },
                 "head_size": c.head_dim,
                 "hidden_size": c.n_embd,

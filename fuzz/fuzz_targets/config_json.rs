@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use gpt2c_compiler::checkpoint::config::MAX_ELEMENTS;
-use gpt2c_compiler::checkpoint::{Checkpoint, Gpt2Config, random_init};
+use gpt2c_compiler::checkpoint::{Checkpoint, Gpt2Config};
+use gpt2c_compiler::gpt2::random_init;
 use gpt2c_compiler::export::generation_config_from_model_config;
 use gpt2c_compiler::gpt2::{self, GraphOptions};
 use gpt2c_compiler::onnx::{ModelMeta, encode_inline};

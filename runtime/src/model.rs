@@ -70,6 +70,16 @@ impl ModelConfig {
         self.n_embd / self.n_head.max(1)
     }
 
+    /// The sizes of the model's cache and logits.
+    pub fn cache_shape(&self) -> crate::backend::engine::CacheShape {
+        crate::backend::engine::CacheShape {
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            head_dim: self.head_dim(),
+            vocab: self.vocab_size,
+        }
+    }
+
     /// What generation is held to for this model: its vocabulary and context, and the bytes of
     /// cache each row and position costs (every layer's key and value, counted as f32, in each of
     /// the engine's buffer sets: an upper bound for fp16 caches).
@@ -198,28 +208,28 @@ impl ExportedModel {
                     .into(),
             });
         }
-        let n_layer = self.config.n_layer;
+        let shape = self.config.cache_shape();
         // Each backend keeps the cache in its own values between steps.
         let (session, description, warnings): (Box<dyn DecoderSession>, String, Vec<String>) = match backend {
             #[cfg(feature = "ort")]
             BackendKind::Ort => {
                 let runner = crate::backend::ort::OrtRunner::load(&path, options)?;
                 let (d, w) = (runner.describe(), runner.warnings());
-                let engine = crate::backend::ort::OrtEngine::new(runner, &self.config);
-                (Box::new(CachedSession::new(engine, &self.config)), d, w)
+                let engine = crate::backend::ort::OrtEngine::new(runner, &shape);
+                (Box::new(CachedSession::new(engine, &shape)), d, w)
             }
             #[cfg(feature = "tract")]
             BackendKind::Tract => {
                 let runner = crate::backend::tract::TractRunner::load(&path, options)?;
                 let (d, w) = (runner.describe(), runner.warnings());
-                let engine = crate::backend::tract::TractEngine::new(runner, n_layer)?;
-                (Box::new(CachedSession::new(engine, &self.config)), d, w)
+                let engine = crate::backend::tract::TractEngine::new(runner, shape.n_layer)?;
+                (Box::new(CachedSession::new(engine, &shape)), d, w)
             }
             #[allow(unreachable_patterns)]
             other => {
                 let runner = load_runner(other, &path, options)?;
                 let (d, w) = (runner.describe(), runner.warnings());
-                (Box::new(KvSession::over(runner, &self.config)), d, w)
+                (Box::new(KvSession::over(runner, &shape)), d, w)
             }
         };
         Ok(LoadedSession { session, description, warnings })

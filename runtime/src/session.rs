@@ -6,8 +6,8 @@
 //! search keeps). [`KvSession`] implements it over any [`GraphRunner`], so ONNX
 //! Runtime and tract share one cache discipline.
 
+pub use crate::backend::engine::{AllLogits, CacheShape, Engine, TokenInputs, cache_names};
 use crate::backend::{GraphRunner, RuntimeError};
-use crate::model::ModelConfig;
 use crate::tensor::{ElemType, HostTensor};
 
 /// One forward step's inputs for `rows` rows of `seq` new tokens each.
@@ -33,22 +33,6 @@ pub struct Logits {
 impl Logits {
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.vocab..(r + 1) * self.vocab]
-    }
-}
-
-/// Logits for every position of every row: `rows × positions × vocab`.
-#[derive(Clone, Debug)]
-pub struct AllLogits {
-    pub rows: usize,
-    pub positions: usize,
-    pub vocab: usize,
-    pub data: Vec<f32>,
-}
-
-impl AllLogits {
-    pub fn at(&self, row: usize, position: usize) -> &[f32] {
-        let start = (row * self.positions + position) * self.vocab;
-        &self.data[start..start + self.vocab]
     }
 }
 
@@ -93,43 +77,6 @@ impl DecoderSession for Observed<'_> {
     }
 }
 
-/// The token inputs of one step, as the graph takes them.
-pub struct TokenInputs<'a> {
-    pub rows: usize,
-    pub seq: usize,
-    /// `past + seq`.
-    pub total: usize,
-    pub input_ids: &'a [i64],
-    pub attention_mask: &'a [i64],
-    pub position_ids: &'a [i64],
-}
-
-/// What a decoding session needs from an engine: run a step with the
-/// key/value cache as the engine's own values, and gather cache rows. The
-/// cache never leaves the engine: each step's presents are the next step's
-/// pasts as they are.
-pub trait Engine {
-    /// A tensor held by the engine.
-    type Value;
-    /// Element type of the cache (the graph's past inputs).
-    fn cache_type(&self) -> ElemType;
-    /// An empty cache tensor of `shape` (its past axis is 0).
-    fn empty(&self, shape: &[usize]) -> Result<Self::Value, RuntimeError>;
-    /// Runs one step. `cache` holds each layer's key then value; returns the logits (f32,
-    /// `[rows, positions, vocab]`) and the presents in the same order.
-    fn step(
-        &mut self,
-        inputs: &TokenInputs<'_>,
-        cache: &[Self::Value],
-    ) -> Result<(AllLogits, Vec<Self::Value>), RuntimeError>;
-    /// The cache whose row `i` is row `rows[i]` of `cache` (rows may repeat): beam reordering.
-    fn select_rows(&mut self, cache: &[Self::Value], rows: &[usize]) -> Result<Vec<Self::Value>, RuntimeError>;
-    /// Whether the graph computes last-position logits only.
-    fn last_logits_only(&self) -> bool;
-    /// Forgets any cache state the engine keeps itself.
-    fn reset(&mut self) {}
-}
-
 /// A [`DecoderSession`] over any [`Engine`]: the bookkeeping of rows and
 /// past length, shared by every backend.
 pub struct CachedSession<E: Engine> {
@@ -144,12 +91,12 @@ pub struct CachedSession<E: Engine> {
 }
 
 impl<E: Engine> CachedSession<E> {
-    pub fn new(engine: E, config: &ModelConfig) -> Self {
+    pub fn new(engine: E, shape: &CacheShape) -> Self {
         CachedSession {
             engine,
-            n_layer: config.n_layer,
-            n_head: config.n_head,
-            head_dim: config.head_dim(),
+            n_layer: shape.n_layer,
+            n_head: shape.n_head,
+            head_dim: shape.head_dim,
             cache: Vec::new(),
             rows: 0,
             past: 0,
@@ -265,18 +212,11 @@ pub struct HostEngine {
 }
 
 impl HostEngine {
-    pub fn new(runner: Box<dyn GraphRunner>, config: &ModelConfig) -> Self {
-        let (past_names, present_names) = cache_names(config.n_layer);
+    pub fn new(runner: Box<dyn GraphRunner>, shape: &CacheShape) -> Self {
+        let (past_names, present_names) = cache_names(shape.n_layer);
         let cache_type = past_names.first().and_then(|k| runner.input_type(k)).unwrap_or(ElemType::F32);
         HostEngine { runner, past_names, present_names, cache_type }
     }
-}
-
-/// `past_key_values.{i}.key/.value` and `present.{i}.key/.value` names, layer by layer, key first.
-pub fn cache_names(n_layer: usize) -> (Vec<String>, Vec<String>) {
-    let past = (0..n_layer).flat_map(|i| ["key", "value"].map(|kv| format!("past_key_values.{i}.{kv}"))).collect();
-    let present = (0..n_layer).flat_map(|i| ["key", "value"].map(|kv| format!("present.{i}.{kv}"))).collect();
-    (past, present)
 }
 
 impl Engine for HostEngine {
@@ -345,7 +285,7 @@ pub type KvSession = CachedSession<HostEngine>;
 
 impl KvSession {
     /// A session over `runner` with host-side cache copies.
-    pub fn over(runner: Box<dyn GraphRunner>, config: &ModelConfig) -> KvSession {
-        CachedSession::new(HostEngine::new(runner, config), config)
+    pub fn over(runner: Box<dyn GraphRunner>, shape: &CacheShape) -> KvSession {
+        CachedSession::new(HostEngine::new(runner, shape), shape)
     }
 }

@@ -9,6 +9,7 @@ mod export_folder;
 mod external_data;
 mod generation;
 mod heads;
+mod layering;
 mod onnx_checker;
 mod parity;
 mod precision;

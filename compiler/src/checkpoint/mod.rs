@@ -6,7 +6,6 @@
 
 pub mod config;
 pub mod pickle;
-pub mod random_init;
 pub mod safetensors;
 pub mod torch_bin;
 pub mod weights;
@@ -84,26 +83,19 @@ impl Checkpoint {
     }
 
     /// A checkpoint from a config alone (`config` is a config.json file, or a folder holding one),
-    /// with weights initialised as transformers initialises `task`'s model class, from `seed`.
-    pub fn random(config: &Path, task: Option<crate::gpt2::Task>, seed: u64) -> Result<Checkpoint, CheckpointError> {
+    /// with the weights `make` builds for it (random initialisation: `gpt2::random_init`).
+    pub fn with_weights(
+        config: &Path,
+        make: impl FnOnce(&Gpt2Config, &Path) -> Result<Arc<dyn WeightSource>, CheckpointError>,
+    ) -> Result<Checkpoint, CheckpointError> {
         let config_path = if config.is_dir() { config.join("config.json") } else { config.to_path_buf() };
         if !config_path.is_file() {
             return Err(CheckpointError::MissingConfig(config_path));
         }
         let (parsed, config_json) = Gpt2Config::load(&config_path)?;
-        let task = match task {
-            Some(t) => t,
-            None => crate::gpt2::Task::from_architectures(&parsed.architectures).map_err(|message| {
-                CheckpointError::Config(ConfigError::Field {
-                    path: config_path.clone(),
-                    field: "architectures".into(),
-                    message,
-                })
-            })?,
-        };
-        let weights = random_init::random_weights(&parsed, task, seed);
+        let weights = make(&parsed, &config_path)?;
         let dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Checkpoint { dir, config_path, config: parsed, config_json, weights: Weights::new(Arc::new(weights)) })
+        Ok(Checkpoint { dir, config_path, config: parsed, config_json, weights: Weights::new(weights) })
     }
 
     /// Builds a checkpoint from a config and in-memory weights (tests).

@@ -14,6 +14,7 @@ pub mod heads;
 pub(crate) mod linear;
 pub mod mlp;
 pub mod precision;
+pub mod random_init;
 pub mod task;
 
 pub use linear::single_linear_graph;

@@ -4,12 +4,9 @@
 //! test suite runs against every implementation: ONNX Runtime ([`ort`],
 //! feature `ort`) and tract ([`tract`], feature `tract`).
 
+pub mod engine;
 #[cfg(feature = "ort")]
 pub mod ort;
-#[cfg(feature = "ort")]
-mod ort_binding;
-#[cfg(feature = "ort")]
-pub mod ort_ep;
 #[cfg(feature = "tract")]
 pub mod tract;
 

@@ -156,7 +156,7 @@ enum Feed {
 
 impl TractEngine {
     pub fn new(runner: TractRunner, n_layer: usize) -> Result<TractEngine, RuntimeError> {
-        let (past_names, present_names) = crate::session::cache_names(n_layer);
+        let (past_names, present_names) = crate::backend::engine::cache_names(n_layer);
         let missing = |n: &str| RuntimeError::Tract(format!("the model has no `{n}`"));
         let feeds = runner
             .inputs
@@ -176,7 +176,7 @@ impl TractEngine {
     }
 }
 
-impl crate::session::Engine for TractEngine {
+impl crate::backend::engine::Engine for TractEngine {
     type Value = TValue;
 
     fn cache_type(&self) -> ElemType {
@@ -190,9 +190,9 @@ impl crate::session::Engine for TractEngine {
 
     fn step(
         &mut self,
-        t: &crate::session::TokenInputs<'_>,
+        t: &crate::backend::engine::TokenInputs<'_>,
         cache: &[TValue],
-    ) -> Result<(crate::session::AllLogits, Vec<TValue>), RuntimeError> {
+    ) -> Result<(crate::backend::engine::AllLogits, Vec<TValue>), RuntimeError> {
         let i64s = |shape: [usize; 2], data: &[i64]| -> Result<TValue, RuntimeError> {
             Ok(Tensor::from_shape(&shape, data).map_err(tract_err)?.into())
         };
@@ -216,7 +216,7 @@ impl crate::session::Engine for TractEngine {
             _ => plain.as_slice::<f32>().map_err(tract_err)?.to_vec(),
         };
         let presents = self.presents_at.iter().map(|&i| outputs[i].clone()).collect();
-        Ok((crate::session::AllLogits { rows, positions, vocab, data }, presents))
+        Ok((crate::backend::engine::AllLogits { rows, positions, vocab, data }, presents))
     }
 
     fn select_rows(&mut self, cache: &[TValue], rows: &[usize]) -> Result<Vec<TValue>, RuntimeError> {

@@ -18,8 +18,6 @@ mod rows;
 mod sample;
 pub mod sampling;
 pub mod stopping;
-#[cfg(test)]
-mod tests;
 
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use super::{Clock, FinishReason, GenerateError, GenerationConfig, ModelLimits, generate, generate_with_clock};
-use crate::playback::PlaybackSession;
+use gpt2c_runtime::generate::{
+    Clock, FinishReason, GenerateError, GenerationConfig, GenerationOutput, ModelLimits, check, generate,
+    generate_with_clock,
+};
+use gpt2c_runtime::playback::PlaybackSession;
 
 const VOCAB: usize = 40;
 
@@ -22,7 +25,7 @@ fn spread(rows: usize) -> Vec<f32> {
     (0..rows * VOCAB).map(|i| ((i * 7919) % 97) as f32 * 0.1).collect()
 }
 
-fn run(settings: Value, values: Vec<f32>) -> Result<super::GenerationOutput, GenerateError> {
+fn run(settings: Value, values: Vec<f32>) -> Result<GenerationOutput, GenerateError> {
     let mut s = PlaybackSession::new(VOCAB, values);
     generate(&mut s, ModelLimits::new(VOCAB, 64), &[vec![1, 2, 3]], &config(settings), None, &mut |_, _| {})
 }
@@ -124,13 +127,13 @@ fn counts_past_the_limits_are_refused_before_allocation() {
     ];
     for (settings, field) in cases {
         let err = GenerationConfig::from_json(&Map::new(), settings.as_object().unwrap())
-            .and_then(|c| super::check(limits, &prompts, &c, None))
+            .and_then(|c| check(limits, &prompts, &c, None))
             .unwrap_err();
         assert_eq!(err.param(), Some(field), "{settings}: {err}");
     }
     // 4,000 beams of a gpt2-small-sized cache at 1,024 positions: ~560 GiB, past this machine.
     let c = config(json!({"num_beams": 4000, "max_new_tokens": 1021}));
-    let err = super::check(limits, &prompts, &c, None).unwrap_err();
+    let err = check(limits, &prompts, &c, None).unwrap_err();
     assert!(err.to_string().contains("GiB"), "{err}");
 }
 

@@ -7,10 +7,32 @@
 //! (gpt2-xl) without downloading weights; the values are gpt2c's own (seeded
 //! xoshiro256** with Box–Muller normals), not torch's random stream.
 
-use super::config::Gpt2Config;
-use super::weights::InMemoryWeights;
-use crate::gpt2::Task;
+use std::path::Path;
+use std::sync::Arc;
+
 use gpt2c_rng::{Normal, stream_seed};
+
+use super::Task;
+
+use crate::checkpoint::{Checkpoint, CheckpointError, ConfigError, Gpt2Config, InMemoryWeights};
+
+/// A checkpoint from a config alone (a config.json file, or a folder holding one), its weights
+/// initialised for `task` (by default the one its `architectures` implies) from `seed`.
+pub fn random_checkpoint(config: &Path, task: Option<Task>, seed: u64) -> Result<Checkpoint, CheckpointError> {
+    Checkpoint::with_weights(config, |parsed, config_path| {
+        let task = match task {
+            Some(t) => t,
+            None => Task::from_architectures(&parsed.architectures).map_err(|message| {
+                CheckpointError::Config(ConfigError::Field {
+                    path: config_path.to_path_buf(),
+                    field: "architectures".into(),
+                    message,
+                })
+            })?,
+        };
+        Ok(Arc::new(random_weights(parsed, task, seed)))
+    })
+}
 
 /// Normal draws for one tensor: the workspace's generator, seeded from (seed, tensor name) so a
 /// tensor's values do not depend on the others.
@@ -71,7 +93,7 @@ pub fn random_weights(c: &Gpt2Config, task: Task, seed: u64) -> InMemoryWeights 
         _ => {}
     }
     if task == Task::MultipleChoice && c.summary.use_proj {
-        tensors.extend(head("multiple_choice_head.summary", crate::gpt2::heads::summary_width(c), true));
+        tensors.extend(head("multiple_choice_head.summary", super::heads::summary_width(c), true));
     }
     let mut weights = InMemoryWeights::new();
     for (name, shape, init) in tensors {

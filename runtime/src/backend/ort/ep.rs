@@ -12,7 +12,7 @@
 use ort::ep::{ExecutionProvider, ExecutionProviderDispatch};
 use ort::session::builder::SessionBuilder;
 
-use super::RuntimeError;
+use crate::backend::RuntimeError;
 
 /// Names accepted for `--ep`, with ONNX Runtime's provider names.
 pub const PROVIDERS: [(&str, &str); 12] = [
@@ -30,6 +30,22 @@ pub const PROVIDERS: [(&str, &str); 12] = [
     ("webgpu", "WebGpuExecutionProvider"),
 ];
 
+#[cfg_attr(
+    not(any(
+        feature = "cuda",
+        feature = "tensorrt",
+        feature = "openvino",
+        feature = "rocm",
+        feature = "migraphx",
+        feature = "onednn",
+        feature = "xnnpack",
+        feature = "coreml",
+        feature = "directml",
+        feature = "qnn",
+        feature = "webgpu"
+    )),
+    allow(dead_code)
+)]
 fn check<E: ExecutionProvider>(
     ep: E,
     build: impl FnOnce(E) -> ExecutionProviderDispatch,
