@@ -87,7 +87,7 @@ def onnx_seeds(out: Path) -> int:
     shutil.copy(ROOT / "proto/tests/data/reference.onnx", out / "reference.onnx")
     gpt2c = Path(os.environ.get("GPT2C", ROOT / "target/release/gpt2c"))
     if not gpt2c.is_file():
-        print(f"{gpt2c}: not built; onnx_model gets only the committed seeds (cargo build --release -p gpt2c-compiler)")
+        print(f"{gpt2c}: not built; onnx_model gets only the committed seeds (cargo build --release -p gpt2c)")
         return 1
     n = 1
     with tempfile.TemporaryDirectory() as tmp:

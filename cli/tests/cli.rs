@@ -286,6 +286,12 @@ fn inspect_describes_an_export() {
     let referenced = d["initializers"]["external_files"]["model.onnx_data"].as_u64().unwrap();
     assert!(referenced > 200_000 && referenced <= data, "{referenced} of {data}");
     assert_eq!(d["metadata"]["gpt2c.task"], "text-generation-with-past");
+    // The formats as keys of their own, and the description older readers know.
+    assert_eq!(
+        (&d["metadata"]["gpt2c.dtype"], &d["metadata"]["gpt2c.quantize"], &d["metadata"]["gpt2c.target"]),
+        (&serde_json::json!("fp32"), &serde_json::json!("none"), &serde_json::json!("portable"))
+    );
+    assert_eq!(d["metadata"]["gpt2c.precision"], "fp32");
     let o = gpt2c(&["inspect", fixture().join("config.json").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not an ONNX model"));
@@ -339,7 +345,11 @@ fn verify_reports_json_and_exit_codes() {
     for (args, needle) in [
         (vec!["verify", "/nonexistent/export"], "/nonexistent/export: no such file or folder"),
         (vec!["verify", out_s, "--tolerance", "tight"], "`tight` is not a non-negative number"),
-        (vec!["verify", out_s, "--reference", "/nonexistent/ckpt"], "reference checkpoint: /nonexistent/ckpt"),
+        // The cause is chained, not flattened into the message.
+        (
+            vec!["verify", out_s, "--reference", "/nonexistent/ckpt"],
+            "reference checkpoint /nonexistent/ckpt\n  caused by: /nonexistent/ckpt: no such folder",
+        ),
         (vec!["verify", out_s, "--backends", "onnx"], "invalid value 'onnx'"),
     ] {
         let o = gpt2c(&args);

@@ -79,8 +79,30 @@ pub enum ExportError {
     Io { path: PathBuf, message: String },
     #[error("{path}: not valid JSON: {message}")]
     BadJson { path: PathBuf, message: String },
-    #[error("{0}")]
-    Layout(String),
+    #[error(
+        "--layout {layout} runs a language model with its cache: it needs --task text-generation-with-past, not {task}"
+    )]
+    LayoutNeedsCache { layout: crate::layout::Layout, task: gpt2::Task },
+}
+
+impl ExportOptions {
+    /// Refuses options that cannot make an export, before anything is read: the graph's choices
+    /// (opset, precision) and a layout that cannot hold the task asked for.
+    pub fn validate(&self) -> Result<(), ExportError> {
+        self.graph.validate()?;
+        if let Some(task) = self.graph.task {
+            self.check_layout(task)?;
+        }
+        Ok(())
+    }
+
+    /// The layout holds the task (onnxruntime-genai runs language models with their cache).
+    fn check_layout(&self, task: gpt2::Task) -> Result<(), ExportError> {
+        if self.layout == crate::layout::Layout::Genai && task != gpt2::Task::TextGenerationWithPast {
+            return Err(ExportError::LayoutNeedsCache { layout: self.layout, task });
+        }
+        Ok(())
+    }
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
@@ -111,19 +133,35 @@ pub fn export(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExportSummary, ExportError> {
     let started = Instant::now();
+    options.validate()?;
     check_output(out_dir, options.force)?;
+    if options.graph.task.is_none() && options.random_init.is_none() && options.layout == crate::layout::Layout::Genai {
+        // The task config.json implies decides whether the layout can hold it: read config.json
+        // alone first, so a refusal comes before any weight file is opened.
+        let config_path = model_dir.join("config.json");
+        if config_path.is_file() {
+            let (config, _) = crate::checkpoint::Gpt2Config::load(&config_path).map_err(CheckpointError::from)?;
+            options.check_layout(options.graph.task_for(&config)?)?;
+        }
+    }
     progress(Progress::Step("reading checkpoint"));
     let ckpt = match options.random_init {
         Some(seed) => crate::gpt2::random_init::random_checkpoint(model_dir, options.graph.task, seed)?,
         None => Checkpoint::open(model_dir)?,
     };
-    progress(Progress::Step("building graph"));
+    // The task config.json implies is known now; the weights have not been read yet.
     let task = options.graph.task_for(&ckpt.config)?;
+    options.check_layout(task)?;
+    progress(Progress::Step("building graph"));
     let graph = gpt2::build_causal_lm(&ckpt, &options.graph)?;
     let meta = ModelMeta {
         doc_string: format!("{}, compiled by gpt2c", task.describe()),
         metadata: vec![
             ("gpt2c.task".into(), task.name().into()),
+            ("gpt2c.dtype".into(), options.graph.precision.dtype.name().into()),
+            ("gpt2c.quantize".into(), options.graph.precision.quantize.name().into()),
+            ("gpt2c.target".into(), options.graph.precision.target.name().into()),
+            // The description files written before the keys above carried; kept for readers of those.
             ("gpt2c.precision".into(), options.graph.precision.describe()),
         ],
     };
@@ -156,12 +194,6 @@ pub fn export(
         fs::write(&path, text).map_err(io_error(&path))?;
     }
     if options.layout == crate::layout::Layout::Genai {
-        if task != gpt2::Task::TextGenerationWithPast {
-            return Err(ExportError::Layout(format!(
-                "--layout genai runs a language model with its cache: it needs --task text-generation-with-past, not {}",
-                task.name()
-            )));
-        }
         let gen_path = staging.path().join("generation_config.json");
         let generation: Map<String, Value> = serde_json::from_slice(&fs::read(&gen_path).map_err(io_error(&gen_path))?)
             .map_err(|e| ExportError::BadJson { path: gen_path.clone(), message: e.to_string() })?;

@@ -30,9 +30,27 @@ fn i64_tensor(name: &str, values: &[i64]) -> pb::TensorProto {
     }
 }
 
-/// The `gpt2c.precision` metadata of a gpt2c export.
-pub fn gpt2c_precision(path: &std::path::Path) -> Option<String> {
-    gpt2c_metadata(path, "gpt2c.precision")
+/// A gpt2c export's weight quantization (`none`, `int8`, `int8-weights`, `int4`): its
+/// `gpt2c.quantize` metadata, or for files written before that key, what `gpt2c.precision` says.
+pub fn gpt2c_quantize(path: &std::path::Path) -> Option<String> {
+    if let Some(q) = gpt2c_metadata(path, "gpt2c.quantize") {
+        return Some(q);
+    }
+    let described = gpt2c_metadata(path, "gpt2c.precision")?;
+    Some(quantize_from_description(&described).into())
+}
+
+/// The quantization a `gpt2c.precision` description (`int8 weights`, `int4 (MatMulNBits)`, …) names.
+pub fn quantize_from_description(described: &str) -> &'static str {
+    if described.starts_with("int8 weights") {
+        "int8-weights"
+    } else if described.starts_with("int8") {
+        "int8"
+    } else if described.starts_with("int4") {
+        "int4"
+    } else {
+        "none"
+    }
 }
 
 /// The `gpt2c.task` metadata of a gpt2c export (optimum's task name).
@@ -259,6 +277,20 @@ fn transposed_head(graph: &mut pb::GraphProto, initializers: &[&[u8]]) -> Option
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn files_without_the_quantize_key_read_it_from_their_description() {
+        for (described, quantize) in [
+            ("fp32", "none"),
+            ("fp16", "none"),
+            ("int8 (dynamic)", "int8"),
+            ("int8 weights", "int8-weights"),
+            ("int8 weights, skipping lm_head", "int8-weights"),
+            ("int4 (MatMulNBits)", "int4"),
+        ] {
+            assert_eq!(super::quantize_from_description(described), quantize, "{described}");
+        }
+    }
+
     use super::*;
 
     fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> pb::NodeProto {

@@ -195,4 +195,14 @@ fn genai_layout_needs_a_language_model_with_cache() {
         gpt2c_compiler::export(&fixture("tiny-default"), &tmp.path().join("o"), &options, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("text-generation-with-past"), "{err}");
     assert!(!tmp.path().join("o").exists());
+    // A task implied by config.json (GPT2Model: feature-extraction) is refused before any weight
+    // is read: here the weights file is not even a safetensors file.
+    let ckpt = tmp.path().join("base");
+    std::fs::create_dir(&ckpt).unwrap();
+    std::fs::copy(repo_root().join("models/heads/base/config.json"), ckpt.join("config.json")).unwrap();
+    std::fs::write(ckpt.join("model.safetensors"), b"not weights").unwrap();
+    let options = ExportOptions { layout: Layout::Genai, ..Default::default() };
+    let err = gpt2c_compiler::export(&ckpt, &tmp.path().join("o"), &options, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--layout genai") && err.to_string().contains("feature-extraction"), "{err}");
+    assert!(!tmp.path().join("o").exists());
 }

@@ -11,7 +11,7 @@ use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_proto as pb;
 use gpt2c_runtime::BackendKind;
 use gpt2c_tests::{backends, export_fixture, fixture, repo_root};
-use gpt2c_verify::{Report, VerifyOptions, verify};
+use gpt2c_verify::{Report, Status, VerifyOptions, verify};
 
 fn options(reference: Option<&Path>, backends: Vec<BackendKind>) -> VerifyOptions {
     VerifyOptions { reference: reference.map(Path::to_path_buf), backends, ..Default::default() }
@@ -25,7 +25,7 @@ fn assert_passes(label: &str, report: &Report) {
     let text = report.to_text();
     assert!(report.passed, "{label}:\n{text}");
     // Every structural check ran (none skipped) and every backend compared every case.
-    assert!(report.checks.iter().all(|c| c.status == "pass"), "{label}:\n{text}");
+    assert!(report.checks.iter().all(|c| c.status == Status::Pass), "{label}:\n{text}");
 }
 
 fn export_dir(dir: &Path, options: &ExportOptions) -> (tempfile::TempDir, PathBuf) {
@@ -157,7 +157,7 @@ fn verify_catches_a_flipped_weight_sign() {
     let line = format!("FAIL {} prompt logits: max abs error", kinds[0].name());
     let report = assert_caught("flipped sign", &out, Some(&fixture("tiny-default")), &line);
     // Structure is intact: only the numbers give it away, on every backend.
-    assert!(report.checks.iter().all(|c| c.status == "pass"));
+    assert!(report.checks.iter().all(|c| c.status == Status::Pass));
     for kind in kinds {
         let line = format!("FAIL {} prompt logits: max abs error", kind.name());
         assert!(report.to_text().lines().any(|l| l.starts_with(&line)), "{line}");

@@ -75,14 +75,37 @@ pub enum VerifyError {
     TooLarge { path: PathBuf, size: u64 },
     #[error("reference checkpoint: {0}")]
     Reference(String),
+    #[error("reference checkpoint {path}")]
+    ReferenceCheckpoint {
+        path: PathBuf,
+        #[source]
+        source: Box<gpt2c_compiler::checkpoint::CheckpointError>,
+    },
+    #[error("the reference forward")]
+    ReferenceModel(#[source] Box<reference::ReferenceError>),
+    #[error("the reference forward of the {case} case")]
+    ReferenceRun {
+        case: &'static str,
+        #[source]
+        source: Box<reference::ReferenceError>,
+    },
+}
+
+/// A structural check's outcome (serialized lowercase: `pass`, `fail`, `skipped`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skipped,
 }
 
 /// One structural check's outcome.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckResult {
     pub check: Check,
-    /// `pass`, `fail`, or `skipped` (with the reason in `findings`).
-    pub status: &'static str,
+    /// Skipped ones say why in `findings`.
+    pub status: Status,
     pub findings: Vec<String>,
 }
 
@@ -160,6 +183,16 @@ fn metadata<'a>(model: &'a pb::ModelProto, key: &str) -> Option<&'a str> {
     model.metadata_props.iter().find(|e| e.key() == key).map(|e| e.value())
 }
 
+/// The export's float type and quantization: gpt2c's `gpt2c.dtype` and `gpt2c.quantize`, or for
+/// files written before those keys, what `gpt2c.precision` describes (`fp32` when none is there).
+fn formats(model: &pb::ModelProto) -> (String, String) {
+    let described = metadata(model, "gpt2c.precision").unwrap_or("fp32");
+    let dtype = metadata(model, "gpt2c.dtype").unwrap_or(if described.starts_with("fp16") { "fp16" } else { "fp32" });
+    let quantize = metadata(model, "gpt2c.quantize")
+        .unwrap_or_else(|| gpt2c_runtime::specialize::quantize_from_description(described));
+    (dtype.to_string(), quantize.to_string())
+}
+
 /// The export's task: gpt2c's metadata, else what the inputs and config.json's architectures say.
 fn task_of(model: &pb::ModelProto, config: &Gpt2Config) -> Result<Task, String> {
     if let Some(name) = metadata(model, "gpt2c.task") {
@@ -191,13 +224,17 @@ struct Checks(Vec<CheckResult>);
 impl Checks {
     fn record(&mut self, check: Check, findings: Vec<Finding>) {
         let findings: Vec<String> = findings.into_iter().map(|f| f.message).collect();
-        self.0.push(CheckResult { check, status: if findings.is_empty() { "pass" } else { "fail" }, findings });
+        self.0.push(CheckResult {
+            check,
+            status: if findings.is_empty() { Status::Pass } else { Status::Fail },
+            findings,
+        });
     }
     fn skip(&mut self, check: Check, why: String) {
-        self.0.push(CheckResult { check, status: "skipped", findings: vec![why] });
+        self.0.push(CheckResult { check, status: Status::Skipped, findings: vec![why] });
     }
     fn failed(&self, check: Check) -> bool {
-        self.0.iter().any(|c| c.check == check && c.status == "fail")
+        self.0.iter().any(|c| c.check == check && c.status == Status::Fail)
     }
 }
 
@@ -268,9 +305,10 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<Report, VerifyErro
     report.timings_s.insert("structure".into(), started.elapsed().as_secs_f64());
     if let Some(reference_dir) = &options.reference {
         let task = task.map_err(|e| VerifyError::Reference(format!("cannot tell the export's task: {e}")))?;
-        let tolerance = options
-            .tolerance
-            .unwrap_or_else(|| Tolerance::for_precision(report.precision.as_deref().unwrap_or("fp32")));
+        let tolerance = options.tolerance.unwrap_or_else(|| {
+            let (dtype, quantize) = formats(&model);
+            Tolerance::for_formats(&dtype, &quantize)
+        });
         report.tolerance = Some(tolerance);
         if checks.failed(Check::ExternalData) || checks.failed(Check::Protobuf) {
             // A backend would follow the external paths verify just refused.
@@ -294,7 +332,7 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<Report, VerifyErro
 
 fn finish(mut report: Report, checks: Checks, started: Instant) -> Report {
     report.checks = checks.0;
-    report.passed = report.checks.iter().all(|c| c.status != "fail") && report.numeric.iter().all(|n| n.passed);
+    report.passed = report.checks.iter().all(|c| c.status != Status::Fail) && report.numeric.iter().all(|n| n.passed);
     report.elapsed_s = started.elapsed().as_secs_f64();
     report
 }
@@ -311,8 +349,9 @@ fn compare_with_reference(
     options: &VerifyOptions,
 ) -> Result<(Vec<NumericResult>, Timings), VerifyError> {
     let started = Instant::now();
-    let ckpt = Checkpoint::open(reference_dir).map_err(|e| VerifyError::Reference(e.to_string()))?;
-    let model = reference::ReferenceModel::load(&ckpt, task).map_err(|e| VerifyError::Reference(e.to_string()))?;
+    let ckpt = Checkpoint::open(reference_dir)
+        .map_err(|e| VerifyError::ReferenceCheckpoint { path: reference_dir.into(), source: Box::new(e) })?;
+    let model = reference::ReferenceModel::load(&ckpt, task).map_err(|e| VerifyError::ReferenceModel(Box::new(e)))?;
     let mut rng = Rng::new(options.seed);
     let mut cases = numeric::cases(&ckpt.config, task, &mut rng).map_err(VerifyError::Reference)?;
     // Expected outputs per case; the decode step is fed the padded batch's reference cache.
@@ -380,7 +419,7 @@ fn run_reference(
     case: &Case,
 ) -> Result<Vec<(String, gpt2c_runtime::HostTensor)>, VerifyError> {
     let feed: Vec<(&str, &gpt2c_runtime::HostTensor)> = case.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    model.run(&feed).map_err(|e| VerifyError::Reference(format!("{} case: {e}", case.name)))
+    model.run(&feed).map_err(|e| VerifyError::ReferenceRun { case: case.name, source: Box::new(e) })
 }
 
 impl Report {
@@ -392,9 +431,9 @@ impl Report {
         }
         for c in &self.checks {
             let mark = match c.status {
-                "pass" => "ok  ",
-                "fail" => "FAIL",
-                _ => "skip",
+                Status::Pass => "ok  ",
+                Status::Fail => "FAIL",
+                Status::Skipped => "skip",
             };
             s.push_str(&format!("{mark} {}\n", c.check.name()));
             for f in &c.findings {

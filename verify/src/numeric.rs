@@ -19,18 +19,15 @@ pub struct Tolerance {
 }
 
 impl Tolerance {
-    /// The default for an export's `gpt2c.precision` metadata (`fp32`, `fp16`, `int8 (dynamic)`,
-    /// `int8 weights`, `int4 (...)`): fp32 tight; fp16 at half precision's resolution; quantized
-    /// modes relative to the output's range, as their error scales with the weights.
-    pub fn for_precision(precision: &str) -> Tolerance {
-        if precision.starts_with("int4") {
-            Tolerance { abs: 1e-2, rel: 0.5 }
-        } else if precision.starts_with("int8") {
-            Tolerance { abs: 1e-2, rel: 0.15 }
-        } else if precision.starts_with("fp16") || precision.starts_with("bf16") {
-            Tolerance { abs: 1e-3, rel: 2e-2 }
-        } else {
-            Tolerance { abs: 1e-4, rel: 1e-4 }
+    /// The default for an export's formats (its `gpt2c.quantize` and `gpt2c.dtype` metadata):
+    /// fp32 tight; fp16 at half precision's resolution; quantized modes relative to the output's
+    /// range, as their error scales with the weights.
+    pub fn for_formats(dtype: &str, quantize: &str) -> Tolerance {
+        match (quantize, dtype) {
+            ("int4", _) => Tolerance { abs: 1e-2, rel: 0.5 },
+            ("int8" | "int8-weights", _) => Tolerance { abs: 1e-2, rel: 0.15 },
+            (_, "fp16" | "bf16") => Tolerance { abs: 1e-3, rel: 2e-2 },
+            _ => Tolerance { abs: 1e-4, rel: 1e-4 },
         }
     }
 
@@ -321,8 +318,11 @@ mod tests {
 
     #[test]
     fn tolerance_scales_with_the_output() {
-        let t = Tolerance::for_precision("int8 (dynamic)");
+        let t = Tolerance::for_formats("fp32", "int8");
         assert!(t.allows(1.0, 10.0) && !t.allows(2.0, 10.0));
-        assert_eq!(Tolerance::for_precision("fp32"), Tolerance { abs: 1e-4, rel: 1e-4 });
+        assert_eq!(Tolerance::for_formats("fp32", "int8-weights"), t);
+        assert_eq!(Tolerance::for_formats("fp32", "none"), Tolerance { abs: 1e-4, rel: 1e-4 });
+        assert_eq!(Tolerance::for_formats("fp16", "none"), Tolerance { abs: 1e-3, rel: 2e-2 });
+        assert_eq!(Tolerance::for_formats("fp32", "int4").rel, 0.5);
     }
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, OPSETS, Part, Precision, Quantize, Target, Task};
+use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, Part, Precision, Quantize, Target, Task};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_compiler::{ExportOptions, Progress, export};
@@ -128,22 +128,16 @@ impl ExportArgs {
             skip: self.quantize_skip.clone(),
             target: self.target,
         };
-        precision.validate().map_err(anyhow::Error::msg)?;
         let opset = self.opset.unwrap_or(DEFAULT_OPSET.max(precision.min_opset()));
-        if !OPSETS.contains(&opset) {
-            anyhow::bail!("--opset {opset}: not supported; choose one from {} to {}", OPSETS.start(), OPSETS.end());
-        }
-        let (min_opset, needs) = precision.opset_need();
-        if opset < min_opset {
-            anyhow::bail!("--opset {opset}: {needs} needs opset {min_opset} or later");
-        }
-        Ok(ExportOptions {
+        let options = ExportOptions {
             graph: GraphOptions { opset, precision, task: self.task },
             external_data: self.external_data,
             force: self.force,
             random_init: self.random_init.then_some(self.seed),
             layout: self.layout,
-        })
+        };
+        options.validate()?;
+        Ok(options)
     }
 
     /// The checkpoint folder, or the config --random-init builds from.

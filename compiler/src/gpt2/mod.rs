@@ -18,7 +18,7 @@ pub mod random_init;
 pub mod task;
 
 pub use linear::single_linear_graph;
-pub use precision::{FloatType, Part, Precision, Quantize, Target};
+pub use precision::{FloatType, Part, Precision, PrecisionError, Quantize, Target};
 pub use task::Task;
 
 use crate::checkpoint::{Checkpoint, WeightError, Weights};
@@ -37,10 +37,10 @@ pub enum BuildError {
     Weights(#[from] WeightError),
     #[error(transparent)]
     Graph(#[from] GraphError),
-    #[error("opset {0} is not supported: choose one in {min}..={max}", min = OPSETS.start(), max = OPSETS.end())]
+    #[error("--opset {0}: not supported; choose one from {min} to {max}", min = OPSETS.start(), max = OPSETS.end())]
     Opset(i64),
-    #[error("{0}")]
-    Precision(String),
+    #[error(transparent)]
+    Precision(#[from] PrecisionError),
     #[error("{0}")]
     Task(String),
 }
@@ -62,6 +62,17 @@ impl Default for GraphOptions {
 
 impl GraphOptions {
     /// The task to build for `config`.
+    /// Refuses choices no graph can express: an opset outside 14..=23 or older than the formats
+    /// need, incompatible precision choices. Needs nothing but the options.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        if !OPSETS.contains(&self.opset) {
+            return Err(BuildError::Opset(self.opset));
+        }
+        self.precision.validate()?;
+        self.precision.validate_opset(self.opset)?;
+        Ok(())
+    }
+
     pub fn task_for(&self, config: &crate::checkpoint::Gpt2Config) -> Result<Task, BuildError> {
         match self.task {
             Some(t) => Ok(t),
@@ -77,15 +88,8 @@ impl GraphOptions {
 /// f32 in every format; matmuls and their weights use the compute type
 /// (fp16 with `--dtype fp16`) or the chosen quantization.
 pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Graph, BuildError> {
-    if !OPSETS.contains(&options.opset) {
-        return Err(BuildError::Opset(options.opset));
-    }
+    options.validate()?;
     let p = &options.precision;
-    p.validate().map_err(BuildError::Precision)?;
-    let (min_opset, needs) = p.opset_need();
-    if options.opset < min_opset {
-        return Err(BuildError::Precision(format!("{needs} needs opset {min_opset} or later, not {}", options.opset)));
-    }
     let c = &ckpt.config;
     let w = &ckpt.weights;
     let ctx = Ctx { w, c, p };

@@ -82,6 +82,17 @@ impl FromStr for Part {
     }
 }
 
+/// A combination of numeric choices no graph can express.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PrecisionError {
+    #[error("--quantize cannot be combined with --dtype fp16: quantized graphs compute in fp32")]
+    QuantizedFp16,
+    #[error("--io-dtype fp16 needs --dtype fp16")]
+    Fp16IoNeedsFp16,
+    #[error("--opset {opset}: {needs} needs opset {min} or later")]
+    OpsetTooLow { opset: i64, min: i64, needs: &'static str },
+}
+
 /// All numeric choices of one export.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Precision {
@@ -95,12 +106,21 @@ pub struct Precision {
 
 impl Precision {
     /// Rejects combinations the graph cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PrecisionError> {
         if self.quantize != Quantize::None && self.dtype == FloatType::Fp16 {
-            return Err("--quantize cannot be combined with --dtype fp16: quantized graphs compute in fp32".into());
+            return Err(PrecisionError::QuantizedFp16);
         }
         if self.io_dtype == FloatType::Fp16 && self.dtype != FloatType::Fp16 {
-            return Err("--io-dtype fp16 needs --dtype fp16".into());
+            return Err(PrecisionError::Fp16IoNeedsFp16);
+        }
+        Ok(())
+    }
+
+    /// Refuses an opset older than the formats need.
+    pub fn validate_opset(&self, opset: i64) -> Result<(), PrecisionError> {
+        let (min, needs) = self.opset_need();
+        if opset < min {
+            return Err(PrecisionError::OpsetTooLow { opset, min, needs });
         }
         Ok(())
     }

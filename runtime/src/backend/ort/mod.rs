@@ -52,7 +52,7 @@ impl OrtRunner {
         // Weight-only int8 means float compute on int8-stored weights: let ONNX Runtime fold the
         // dequantization once at load, instead of rewriting it into an 8-bit matmul that also
         // quantizes activations (measured 4.5 times slower on gpt2-small, and inexact).
-        if crate::specialize::gpt2c_precision(model).is_some_and(|p| p.starts_with("int8 weights")) {
+        if crate::specialize::gpt2c_quantize(model).is_some_and(|q| q == "int8-weights") {
             builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| fail(&e))?;
         }
         let edits = crate::specialize::Edits {
