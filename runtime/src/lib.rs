@@ -7,6 +7,7 @@
 //! ```
 
 pub mod backend;
+pub mod batch;
 pub mod generate;
 pub mod model;
 pub mod perplexity;

@@ -105,6 +105,13 @@ pub struct LoadedSession {
     pub warnings: Vec<String>,
 }
 
+/// What loading an engine said: what runs the graph, and warnings (skipped providers, fallbacks).
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub description: String,
+    pub warnings: Vec<String>,
+}
+
 /// An export folder, opened.
 pub struct ExportedModel {
     pub dir: PathBuf,
@@ -184,12 +191,8 @@ impl ExportedModel {
         Ok(self.session_with_report(backend, options)?.session)
     }
 
-    /// A session plus what runs it and any loading warnings.
-    pub fn session_with_report(
-        &self,
-        backend: BackendKind,
-        options: &RunnerOptions,
-    ) -> Result<LoadedSession, ModelError> {
+    /// Refuses exports generation cannot run: another task, or a decoder that cross-attends.
+    pub fn check_generates(&self) -> Result<(), ModelError> {
         let path = self.model_path();
         if let Some(task) = crate::specialize::gpt2c_task(&path).filter(|t| t != "text-generation-with-past") {
             return Err(ModelError::File {
@@ -208,6 +211,73 @@ impl ExportedModel {
                     .into(),
             });
         }
+        Ok(())
+    }
+
+    /// Bytes of cache one row holds per position: every layer's key and value in the graph's
+    /// cache type (fp16 caches count 2 bytes, others 4).
+    pub fn cache_bytes_per_position(&self) -> u64 {
+        let elem = if crate::specialize::gpt2c_dtype(&self.model_path()).as_deref() == Some("fp16") { 2 } else { 4 };
+        [self.config.n_layer as u64, 2, self.config.n_embd as u64, elem].into_iter().fold(1u64, u64::saturating_mul)
+    }
+
+    /// A continuous-batching scheduler over this export on `backend` (see [`crate::batch`]),
+    /// its engine built on the scheduler's thread; returns it with what runs the graph and any
+    /// loading warnings. Generation computes last-position logits only, whatever `options` says.
+    pub fn batcher(
+        &self,
+        backend: BackendKind,
+        options: &RunnerOptions,
+        batch: crate::batch::BatchOptions,
+    ) -> Result<(crate::batch::Batcher, LoadReport), ModelError> {
+        self.check_generates()?;
+        options.validate()?;
+        let path = self.model_path();
+        let shape = self.config.cache_shape();
+        let options = RunnerOptions { logits: crate::backend::LogitsScope::Last, ..options.clone() };
+        let (batcher, report) = match backend {
+            #[cfg(feature = "ort")]
+            BackendKind::Ort => crate::batch::Batcher::start(
+                move || {
+                    let runner = crate::backend::ort::OrtRunner::load(&path, &options)?;
+                    let report = LoadReport { description: runner.describe(), warnings: runner.warnings() };
+                    Ok((crate::backend::ort::OrtEngine::new(runner, &shape), report))
+                },
+                shape,
+                batch,
+            )?,
+            #[cfg(feature = "tract")]
+            BackendKind::Tract => crate::batch::Batcher::start(
+                move || {
+                    let runner = crate::backend::tract::TractRunner::load(&path, &options)?;
+                    let report = LoadReport { description: runner.describe(), warnings: runner.warnings() };
+                    Ok((crate::backend::tract::TractEngine::new(runner, shape.n_layer)?, report))
+                },
+                shape,
+                batch,
+            )?,
+            #[allow(unreachable_patterns)]
+            other => crate::batch::Batcher::start(
+                move || {
+                    let runner = load_runner(other, &path, &options)?;
+                    let report = LoadReport { description: runner.describe(), warnings: runner.warnings() };
+                    Ok((crate::session::HostEngine::new(runner, &shape), report))
+                },
+                shape,
+                batch,
+            )?,
+        };
+        Ok((batcher, report))
+    }
+
+    /// A session plus what runs it and any loading warnings.
+    pub fn session_with_report(
+        &self,
+        backend: BackendKind,
+        options: &RunnerOptions,
+    ) -> Result<LoadedSession, ModelError> {
+        self.check_generates()?;
+        let path = self.model_path();
         let shape = self.config.cache_shape();
         // Each backend keeps the cache in its own values between steps.
         let (session, description, warnings): (Box<dyn DecoderSession>, String, Vec<String>) = match backend {

@@ -6,7 +6,7 @@
 //! search keeps). [`KvSession`] implements it over any [`GraphRunner`], so ONNX
 //! Runtime and tract share one cache discipline.
 
-pub use crate::backend::engine::{AllLogits, CacheShape, Engine, TokenInputs, cache_names};
+pub use crate::backend::engine::{AllLogits, CachePart, CacheShape, Engine, RowSource, TokenInputs, cache_names};
 use crate::backend::{GraphRunner, RuntimeError};
 use crate::tensor::{ElemType, HostTensor};
 
@@ -264,6 +264,32 @@ impl Engine for HostEngine {
                 v.gather_rows(rows).ok_or_else(|| input_error("cache", format!("a row in {rows:?} is out of range")))
             })
             .collect()
+    }
+
+    fn assemble(
+        &mut self,
+        parts: Vec<CachePart<HostTensor>>,
+        sources: &[RowSource],
+        width: usize,
+    ) -> Result<Vec<HostTensor>, RuntimeError> {
+        let tensors = parts.first().map_or(0, |p| p.cache.len());
+        if parts.iter().any(|p| p.cache.len() != tensors) {
+            return Err(input_error("cache", "parts with different numbers of tensors".into()));
+        }
+        (0..tensors)
+            .map(|j| {
+                let of_tensor: Vec<&HostTensor> = parts.iter().filter_map(|p| p.cache.get(j)).collect();
+                crate::backend::assemble::assemble_host(&of_tensor, sources, width)
+            })
+            .collect()
+    }
+
+    fn copy_out(&mut self, cache: &[HostTensor], _rows: usize, _width: usize) -> Result<Vec<HostTensor>, RuntimeError> {
+        Ok(cache.to_vec())
+    }
+
+    fn copy_in(&mut self, tensors: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
+        Ok(tensors.to_vec())
     }
 
     fn last_logits_only(&self) -> bool {

@@ -53,6 +53,11 @@ pub fn quantize_from_description(described: &str) -> &'static str {
     }
 }
 
+/// The `gpt2c.dtype` metadata of a gpt2c export (`fp32`, `fp16`).
+pub fn gpt2c_dtype(path: &std::path::Path) -> Option<String> {
+    gpt2c_metadata(path, "gpt2c.dtype")
+}
+
 /// The `gpt2c.task` metadata of a gpt2c export (optimum's task name).
 pub fn gpt2c_task(path: &std::path::Path) -> Option<String> {
     gpt2c_metadata(path, "gpt2c.task")

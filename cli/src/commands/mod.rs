@@ -11,6 +11,8 @@ mod perplexity;
 #[cfg(feature = "run")]
 mod run_args;
 #[cfg(feature = "run")]
+mod serve;
+#[cfg(feature = "run")]
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +42,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     #[cfg(feature = "run")]
     Verify(verify::VerifyArgs),
+    #[cfg(feature = "run")]
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// A command that ran and reported a failure it already printed (exit status 1).
@@ -66,5 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         #[cfg(feature = "run")]
         Command::Verify(args) => verify::run(args),
+        #[cfg(feature = "run")]
+        Command::Serve(args) => serve::run(*args),
     }
 }

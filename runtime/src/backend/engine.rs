@@ -4,7 +4,7 @@
 //! bookkeeping of rows and positions over it.
 
 use super::RuntimeError;
-use crate::tensor::ElemType;
+use crate::tensor::{ElemType, HostTensor};
 
 /// The sizes of a model's cache and logits, as config.json gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,10 +42,28 @@ pub struct TokenInputs<'a> {
     pub position_ids: &'a [i64],
 }
 
+/// Where row `i` of an assembled cache comes from: row `row` of part `part`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowSource {
+    pub part: usize,
+    pub row: usize,
+}
+
+/// A cache handed to [`Engine::assemble`]: its tensors, and how many rows and past positions they hold.
+pub struct CachePart<V> {
+    pub cache: Vec<V>,
+    pub rows: usize,
+    pub width: usize,
+}
+
 /// What a decoding session needs from an engine: run a step with the
 /// key/value cache as the engine's own values, and gather cache rows. The
 /// cache never leaves the engine: each step's presents are the next step's
 /// pasts as they are.
+///
+/// A cache passed to `step`, `select_rows` or `assemble` is consumed: engines that pool their
+/// buffers reuse its memory for the result. An engine may hold several caches at once (a
+/// batch and the prefills that will join it); one no longer needed goes back through `release`.
 pub trait Engine {
     /// A tensor held by the engine.
     type Value;
@@ -62,6 +80,23 @@ pub trait Engine {
     ) -> Result<(AllLogits, Vec<Self::Value>), RuntimeError>;
     /// The cache whose row `i` is row `rows[i]` of `cache` (rows may repeat): beam reordering.
     fn select_rows(&mut self, cache: &[Self::Value], rows: &[usize]) -> Result<Vec<Self::Value>, RuntimeError>;
+    /// A cache of `sources.len()` rows and `width` past positions made of rows of `parts` (rows
+    /// may repeat), each right-aligned: its last `min(width, part.width)` positions at the end,
+    /// zeros before them, which the caller's attention mask hides. Joining rows of different
+    /// lengths into one batch, dropping finished rows, trimming padding every row shares.
+    fn assemble(
+        &mut self,
+        parts: Vec<CachePart<Self::Value>>,
+        sources: &[RowSource],
+        width: usize,
+    ) -> Result<Vec<Self::Value>, RuntimeError>;
+    /// A copy of `cache` (`rows` rows, `width` positions) as host tensors, each
+    /// `[rows, heads, width, head_dim]`, layer by layer, key first; the cache stays.
+    fn copy_out(&mut self, cache: &[Self::Value], rows: usize, width: usize) -> Result<Vec<HostTensor>, RuntimeError>;
+    /// A cache made from host tensors shaped as [`copy_out`](Engine::copy_out) returns them.
+    fn copy_in(&mut self, tensors: &[HostTensor]) -> Result<Vec<Self::Value>, RuntimeError>;
+    /// Gives back a cache the caller no longer needs.
+    fn release(&mut self, _cache: Vec<Self::Value>) {}
     /// Whether the graph computes last-position logits only.
     fn last_logits_only(&self) -> bool;
     /// Forgets any cache state the engine keeps itself.

@@ -4,6 +4,7 @@
 //! test suite runs against every implementation: ONNX Runtime ([`ort`],
 //! feature `ort`) and tract ([`tract`], feature `tract`).
 
+pub mod assemble;
 pub mod engine;
 #[cfg(feature = "ort")]
 pub mod ort;
@@ -38,6 +39,18 @@ pub enum RuntimeError {
     ExecutionProvider { name: String, reason: String },
     #[error("setting `{field}`: {message}")]
     Setting { field: &'static str, message: String },
+    /// A batched run stopped from outside: its caller cancelled it or its time ran out.
+    #[error("{0}")]
+    Interrupted(Interruption),
+}
+
+/// Why a batched run stopped before it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Interruption {
+    #[error("the request was cancelled")]
+    Cancelled,
+    #[error("the request ran out of time")]
+    TimedOut,
 }
 
 /// Threads per available core a runner may be given: more only adds contention, and a count in

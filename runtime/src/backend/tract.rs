@@ -232,7 +232,47 @@ impl crate::backend::engine::Engine for TractEngine {
             .collect()
     }
 
+    fn assemble(
+        &mut self,
+        parts: Vec<crate::backend::engine::CachePart<TValue>>,
+        sources: &[crate::backend::engine::RowSource],
+        width: usize,
+    ) -> Result<Vec<TValue>, RuntimeError> {
+        let tensors = parts.first().map_or(0, |p| p.cache.len());
+        if parts.iter().any(|p| p.cache.len() != tensors) {
+            return Err(RuntimeError::Tract("cache parts with different numbers of tensors".into()));
+        }
+        (0..tensors)
+            .map(|j| {
+                let host = parts.iter().map(|p| host_of(&p.cache[j])).collect::<Result<Vec<_>, _>>()?;
+                let refs: Vec<&HostTensor> = host.iter().collect();
+                let joined = crate::backend::assemble::assemble_host(&refs, sources, width)?;
+                to_tvalue(&joined).map_err(tract_err)
+            })
+            .collect()
+    }
+
+    fn copy_out(&mut self, cache: &[TValue], _rows: usize, _width: usize) -> Result<Vec<HostTensor>, RuntimeError> {
+        cache.iter().map(host_of).collect()
+    }
+
+    fn copy_in(&mut self, tensors: &[HostTensor]) -> Result<Vec<TValue>, RuntimeError> {
+        tensors.iter().map(|t| to_tvalue(t).map_err(tract_err)).collect()
+    }
+
     fn last_logits_only(&self) -> bool {
         self.runner.last_only
     }
+}
+
+/// A float tract value copied into a host tensor.
+fn host_of(v: &TValue) -> Result<HostTensor, RuntimeError> {
+    let shape = v.shape().to_vec();
+    let plain = v.try_as_plain_ram().map_err(tract_err)?;
+    let data = match v.datum_type() {
+        DatumType::F32 => HostData::F32(plain.as_slice::<f32>().map_err(tract_err)?.to_vec()),
+        DatumType::F16 => HostData::F16(plain.as_slice::<f16>().map_err(tract_err)?.to_vec()),
+        other => return Err(RuntimeError::Tract(format!("a cache tensor of type {other:?}"))),
+    };
+    Ok(HostTensor { shape, data })
 }

@@ -1,0 +1,488 @@
+//! The scheduler: one thread owns the engine and runs, in turn, one decode step of every running
+//! row and one chunk of the oldest prompt's prefill.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+use super::prefix::PrefixCache;
+use super::{BatchOptions, Msg, Reply, Stats, Step};
+use crate::backend::RuntimeError;
+use crate::backend::engine::{CachePart, CacheShape, Engine, RowSource, TokenInputs};
+use crate::session::Logits;
+
+/// Where a member's rows are.
+enum Phase<V> {
+    /// Its prompt waits for rows.
+    Waiting,
+    /// Its prompt is being prefilled: `unique` distinct rows (identical prompt rows, such as a
+    /// prompt expanded to beams or samples, are computed once), `done` positions so far.
+    Prefilling { cache: Option<CachePart<V>>, done: usize, map: Vec<usize>, unique: Vec<usize> },
+    /// Prefilled, not yet in the batch: member row `i` is row `map[i]` of `part`.
+    Ready { part: CachePart<V>, map: Vec<usize> },
+    /// In the batch: member row `i` is batch row `at[i]`.
+    Batched { at: Vec<usize> },
+}
+
+struct Member<V> {
+    phase: Phase<V>,
+    /// Positions each of its rows holds.
+    past: usize,
+    /// The pass it waits for.
+    pending: Option<(Step, mpsc::Sender<Reply>)>,
+    /// Set when a selection could not apply: the next pass fails with it.
+    broken: Option<RuntimeError>,
+}
+
+impl<V> Member<V> {
+    fn rows(&self) -> usize {
+        match &self.phase {
+            Phase::Waiting => self.pending.as_ref().map_or(0, |(s, _)| s.rows),
+            Phase::Prefilling { map, .. } | Phase::Ready { map, .. } => map.len(),
+            Phase::Batched { at } => at.len(),
+        }
+    }
+}
+
+pub(super) struct Scheduler<E: Engine> {
+    engine: E,
+    shape: CacheShape,
+    options: BatchOptions,
+    rx: mpsc::Receiver<Msg>,
+    stats: Arc<Stats>,
+    members: HashMap<u64, Member<E::Value>>,
+    /// Batched members in batch order.
+    order: Vec<u64>,
+    batch: Option<CachePart<E::Value>>,
+    /// Members whose prompt waits or is being prefilled, oldest first.
+    prefills: VecDeque<u64>,
+    prefix: PrefixCache,
+}
+
+fn input(name: &str, message: String) -> RuntimeError {
+    RuntimeError::Input { name: name.into(), message }
+}
+
+/// A copy of an error for every member a failed pass concerned.
+fn copy_error(e: &RuntimeError) -> RuntimeError {
+    match e {
+        RuntimeError::Interrupted(i) => RuntimeError::Interrupted(*i),
+        RuntimeError::Setting { field, message } => RuntimeError::Setting { field, message: message.clone() },
+        other => RuntimeError::Input { name: "batch".into(), message: other.to_string() },
+    }
+}
+
+impl<E: Engine> Scheduler<E> {
+    pub fn new(
+        engine: E,
+        shape: CacheShape,
+        options: BatchOptions,
+        rx: mpsc::Receiver<Msg>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let prefix = PrefixCache::new(options.prefix_cache_bytes);
+        Scheduler {
+            engine,
+            shape,
+            options,
+            rx,
+            stats,
+            members: HashMap::new(),
+            order: Vec::new(),
+            batch: None,
+            prefills: VecDeque::new(),
+            prefix,
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let idle = !self.decode_ready() && !self.can_prefill();
+            let first = if idle {
+                match self.rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                }
+            } else {
+                None
+            };
+            if let Some(m) = first {
+                self.absorb(m);
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.absorb(m);
+            }
+            self.admit();
+            if self.decode_ready() {
+                self.decode_step();
+            }
+            if self.can_prefill() {
+                self.prefill_chunk();
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let batch_rows = self.batch.as_ref().map_or(0, |b| b.rows);
+        self.stats.batch_rows.store(batch_rows, Ordering::Relaxed);
+        let waiting = self.prefills.iter().filter(|id| matches!(self.phase(id), Some(Phase::Waiting))).count();
+        self.stats.waiting.store(waiting, Ordering::Relaxed);
+        self.stats.prefix_bytes.store(self.prefix.bytes(), Ordering::Relaxed);
+    }
+
+    fn phase(&self, id: &u64) -> Option<&Phase<E::Value>> {
+        self.members.get(id).map(|m| &m.phase)
+    }
+
+    fn absorb(&mut self, msg: Msg) {
+        match msg {
+            Msg::Forward { id, step, reply } => {
+                let member = self.members.entry(id).or_insert_with(|| Member {
+                    phase: Phase::Waiting,
+                    past: 0,
+                    pending: None,
+                    broken: None,
+                });
+                if let Some(e) = member.broken.take() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let fresh = matches!(member.phase, Phase::Waiting) && member.pending.is_none();
+                member.pending = Some((step, reply));
+                if fresh {
+                    self.prefills.push_back(id);
+                }
+            }
+            Msg::Select { id, rows } => {
+                let Some(member) = self.members.get_mut(&id) else { return };
+                let map = match &mut member.phase {
+                    Phase::Ready { map, .. } => map,
+                    Phase::Batched { at } => at,
+                    Phase::Waiting | Phase::Prefilling { .. } => return,
+                };
+                match rows.iter().map(|&r| map.get(r).copied()).collect::<Option<Vec<_>>>() {
+                    Some(selected) => *map = selected,
+                    None => member.broken = Some(input("cache", format!("a row of {rows:?} is out of range"))),
+                }
+            }
+            Msg::Leave { id } => self.leave(id),
+        }
+    }
+
+    /// Forgets a member; its rows drop out of the batch at the next rebuild.
+    fn leave(&mut self, id: u64) {
+        let Some(member) = self.members.remove(&id) else { return };
+        self.prefills.retain(|&p| p != id);
+        match member.phase {
+            Phase::Prefilling { cache: Some(part), .. } | Phase::Ready { part, .. } => self.engine.release(part.cache),
+            _ => {}
+        }
+        self.order.retain(|&o| o != id);
+        if self.order.is_empty()
+            && let Some(batch) = self.batch.take()
+        {
+            self.engine.release(batch.cache);
+        }
+    }
+
+    /// Rows in flight: running, prefilled or prefilling.
+    fn rows_in_use(&self) -> usize {
+        self.members.values().filter(|m| !matches!(m.phase, Phase::Waiting)).map(Member::rows).sum()
+    }
+
+    /// Starts the oldest waiting prompts while their rows fit (in order: a large call is not
+    /// overtaken forever by small ones).
+    fn admit(&mut self) {
+        let mut in_use = self.rows_in_use();
+        for i in 0..self.prefills.len() {
+            let id = self.prefills[i];
+            let Some(member) = self.members.get_mut(&id) else { continue };
+            if !matches!(member.phase, Phase::Waiting) {
+                continue;
+            }
+            let Some((step, _)) = &member.pending else { continue };
+            if in_use + step.rows > self.options.max_rows {
+                break;
+            }
+            in_use += step.rows;
+            // Identical rows (a prompt expanded to beams or samples) are prefilled once.
+            let total = step.seq;
+            let row_of = |r: usize| {
+                (&step.input_ids[r * step.seq..(r + 1) * step.seq], &step.attention_mask[r * total..(r + 1) * total])
+            };
+            let mut unique: Vec<usize> = Vec::new();
+            let mut map = Vec::with_capacity(step.rows);
+            for r in 0..step.rows {
+                match unique.iter().position(|&u| row_of(u) == row_of(r)) {
+                    Some(u) => map.push(u),
+                    None => {
+                        map.push(unique.len());
+                        unique.push(r);
+                    }
+                }
+            }
+            member.phase = Phase::Prefilling { cache: None, done: 0, map, unique };
+        }
+    }
+
+    fn can_prefill(&self) -> bool {
+        self.prefills.iter().any(|id| matches!(self.phase(id), Some(Phase::Prefilling { .. })))
+    }
+
+    /// Every batched member waits for its step, and someone is there to take it.
+    fn decode_ready(&self) -> bool {
+        let batched_ready = self.order.iter().all(|id| self.members.get(id).is_some_and(|m| m.pending.is_some()));
+        let joining = self.members.values().any(|m| matches!(m.phase, Phase::Ready { .. }) && m.pending.is_some());
+        batched_ready && (joining || !self.order.is_empty())
+    }
+
+    /// One chunk of the oldest prefill in progress.
+    fn prefill_chunk(&mut self) {
+        let Some(id) =
+            self.prefills.iter().copied().find(|id| matches!(self.phase(id), Some(Phase::Prefilling { .. })))
+        else {
+            return;
+        };
+        if let Err(e) = self.try_prefill_chunk(id) {
+            self.fail(id, e);
+        }
+    }
+
+    fn try_prefill_chunk(&mut self, id: u64) -> Result<(), RuntimeError> {
+        let member = self.members.get_mut(&id).ok_or_else(|| input("batch", "no such member".into()))?;
+        let Phase::Prefilling { cache, done, map, unique } = &mut member.phase else { return Ok(()) };
+        let (step, _) = member.pending.as_ref().ok_or_else(|| input("batch", "no prompt".into()))?;
+        let (seq, u) = (step.seq, unique.len());
+        let all_ones = |r: usize| step.attention_mask[r * seq..(r + 1) * seq].iter().all(|&m| m == 1);
+        let prompt_tokens = |r: usize| -> Vec<u32> {
+            step.input_ids[r * seq..(r + 1) * seq].iter().map(|&t| u32::try_from(t).unwrap_or(u32::MAX)).collect()
+        };
+        let cacheable = u == 1 && all_ones(unique[0]) && self.options.prefix_cache_bytes > 0;
+        if cache.is_none() {
+            let shape = [u, self.shape.n_head, 0, self.shape.head_dim];
+            let empty = (0..2 * self.shape.n_layer).map(|_| self.engine.empty(&shape)).collect::<Result<_, _>>()?;
+            let mut start = CachePart { cache: empty, rows: u, width: 0 };
+            if cacheable {
+                match self.prefix.lookup(&prompt_tokens(unique[0])) {
+                    Some((len, tensors)) => {
+                        let restored = self.engine.copy_in(&tensors)?;
+                        self.engine.release(std::mem::replace(&mut start.cache, restored));
+                        start.width = len;
+                        *done = len;
+                        self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+                        self.stats.prefix_tokens_reused.fetch_add(len as u64, Ordering::Relaxed);
+                    }
+                    None => {
+                        self.stats.prefix_misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            *cache = Some(start);
+        }
+        let chunk = self.options.prefill_chunk.min(seq - *done);
+        let end = *done + chunk;
+        let pick = |data: &[i64], width: usize, from: usize, to: usize| -> Vec<i64> {
+            unique.iter().flat_map(|&r| data[r * width + from..r * width + to].iter().copied()).collect()
+        };
+        let ids = pick(&step.input_ids, seq, *done, end);
+        let mask = pick(&step.attention_mask, seq, 0, end);
+        let positions = pick(&step.position_ids, seq, *done, end);
+        let inputs = TokenInputs {
+            rows: u,
+            seq: chunk,
+            total: end,
+            input_ids: &ids,
+            attention_mask: &mask,
+            position_ids: &positions,
+        };
+        let part = cache.take().ok_or_else(|| input("batch", "no cache".into()))?;
+        self.stats.prefill_chunks.fetch_add(1, Ordering::Relaxed);
+        let (logits, presents) = match self.engine.step(&inputs, &part.cache) {
+            Ok(out) => out,
+            Err(e) => {
+                self.engine.release(part.cache);
+                return Err(e);
+            }
+        };
+        *cache = Some(CachePart { cache: presents, rows: u, width: end });
+        *done = end;
+        if end < seq {
+            return Ok(());
+        }
+        // The whole prompt is in: hand its last-position logits back, expanded to every row.
+        let vocab = logits.vocab;
+        if logits.rows != u || logits.positions == 0 || logits.data.len() != u * logits.positions * vocab {
+            return Err(input("logits", format!("[{}, {}, {vocab}] for {u} rows", logits.rows, logits.positions)));
+        }
+        let mut data = Vec::with_capacity(map.len() * vocab);
+        for &m in map.iter() {
+            data.extend_from_slice(logits.at(m, logits.positions - 1));
+        }
+        let part = cache.take().ok_or_else(|| input("batch", "no cache".into()))?;
+        let map = std::mem::take(map);
+        let rows = map.len();
+        if cacheable && !self.prefix.covers(&prompt_tokens(unique[0])) {
+            let host = self.engine.copy_out(&part.cache, u, seq)?;
+            let bytes = self.options.cache_bytes_per_position.saturating_mul(seq as u64);
+            self.prefix.insert(&prompt_tokens(unique[0]), host, bytes);
+        }
+        member.phase = Phase::Ready { part, map };
+        member.past = seq;
+        let (_, reply) = member.pending.take().ok_or_else(|| input("batch", "no prompt".into()))?;
+        self.prefills.retain(|&p| p != id);
+        let _ = reply.send(Ok(Logits { rows, vocab, data }));
+        Ok(())
+    }
+
+    /// Fails a member's pending pass and takes it out of the batch.
+    fn fail(&mut self, id: u64, e: RuntimeError) {
+        if let Some((_, reply)) = self.members.get_mut(&id).and_then(|m| m.pending.take()) {
+            let _ = reply.send(Err(e));
+        }
+        self.leave(id);
+    }
+
+    /// One token for every row of every member waiting in or joining the batch.
+    fn decode_step(&mut self) {
+        let joining: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, m)| matches!(m.phase, Phase::Ready { .. }) && m.pending.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        let mut joining = joining;
+        joining.sort_unstable();
+        let participants: Vec<u64> = self.order.iter().copied().chain(joining.iter().copied()).collect();
+        // A pass that is not one token per row after the prompt cannot join a decode step.
+        for &id in &participants {
+            let m = &self.members[&id];
+            let bad = m.pending.as_ref().is_some_and(|(s, _)| s.seq != 1 || s.rows != m.rows());
+            if bad {
+                let e = input("input_ids", "after its prompt, a batched session takes one token per row".into());
+                self.fail(id, e);
+                return;
+            }
+        }
+        if let Err(e) = self.rebuild(&participants).and_then(|()| self.run_decode(&participants)) {
+            for &id in &participants {
+                self.fail(id, copy_error(&e));
+            }
+            if let Some(batch) = self.batch.take() {
+                self.engine.release(batch.cache);
+            }
+            self.order.clear();
+        }
+    }
+
+    /// Lays out the batch as `participants` in order, each member's rows contiguous and
+    /// right-aligned to the longest member's positions; a no-op when nothing moved.
+    fn rebuild(&mut self, participants: &[u64]) -> Result<(), RuntimeError> {
+        let width = participants.iter().map(|id| self.members[id].past).max().unwrap_or(0);
+        let mut sources = Vec::new();
+        let mut parts: Vec<CachePart<E::Value>> = Vec::new();
+        let batch_part = self.batch.take();
+        let old = batch_part.as_ref().map(|b| (b.rows, b.width));
+        if let Some(b) = batch_part {
+            parts.push(b);
+        }
+        let mut next = 0;
+        let mut layout: Vec<(u64, Vec<usize>)> = Vec::with_capacity(participants.len());
+        for &id in participants {
+            let member = self.members.get_mut(&id).ok_or_else(|| input("batch", "no such member".into()))?;
+            let phase = std::mem::replace(&mut member.phase, Phase::Waiting);
+            let rows = match phase {
+                Phase::Batched { at } if old.is_some() => {
+                    sources.extend(at.iter().map(|&row| RowSource { part: 0, row }));
+                    at.len()
+                }
+                Phase::Ready { part, map } => {
+                    let p = parts.len();
+                    sources.extend(map.iter().map(|&row| RowSource { part: p, row }));
+                    parts.push(part);
+                    map.len()
+                }
+                other => {
+                    member.phase = other;
+                    return Err(input("batch", "a member joined the batch before its prefill".into()));
+                }
+            };
+            layout.push((id, (next..next + rows).collect()));
+            next += rows;
+        }
+        let unchanged = parts.len() == 1
+            && old == Some((sources.len(), width))
+            && sources.iter().enumerate().all(|(i, s)| s.part == 0 && s.row == i);
+        let assembled = if unchanged {
+            parts.pop().map(|p| p.cache).ok_or_else(|| input("batch", "no cache".into()))
+        } else {
+            self.engine.assemble(parts, &sources, width)
+        };
+        let cache = match assembled {
+            Ok(cache) => cache,
+            Err(e) => {
+                for (id, _) in layout {
+                    self.members.remove(&id);
+                }
+                return Err(e);
+            }
+        };
+        for (id, at) in layout {
+            if let Some(m) = self.members.get_mut(&id) {
+                m.phase = Phase::Batched { at };
+            }
+        }
+        self.order = participants.to_vec();
+        self.batch = Some(CachePart { cache, rows: sources.len(), width });
+        Ok(())
+    }
+
+    fn run_decode(&mut self, participants: &[u64]) -> Result<(), RuntimeError> {
+        let batch = self.batch.take().ok_or_else(|| input("batch", "no cache".into()))?;
+        let (rows, width) = (batch.rows, batch.width);
+        let total = width + 1;
+        let mut ids = Vec::with_capacity(rows);
+        let mut mask = Vec::with_capacity(rows * total);
+        let mut positions = Vec::with_capacity(rows);
+        for id in participants {
+            let m = &self.members[id];
+            let (step, _) = m.pending.as_ref().ok_or_else(|| input("batch", "no pending step".into()))?;
+            let own = m.past + 1;
+            for r in 0..step.rows {
+                ids.push(step.input_ids[r]);
+                positions.push(step.position_ids[r]);
+                mask.extend(std::iter::repeat_n(0, total - own));
+                mask.extend_from_slice(&step.attention_mask[r * own..(r + 1) * own]);
+            }
+        }
+        let inputs =
+            TokenInputs { rows, seq: 1, total, input_ids: &ids, attention_mask: &mask, position_ids: &positions };
+        let (logits, presents) = match self.engine.step(&inputs, &batch.cache) {
+            Ok(out) => out,
+            Err(e) => {
+                self.engine.release(batch.cache);
+                return Err(e);
+            }
+        };
+        self.batch = Some(CachePart { cache: presents, rows, width: total });
+        self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+        let vocab = logits.vocab;
+        if logits.rows != rows || logits.positions == 0 || logits.data.len() != rows * logits.positions * vocab {
+            return Err(input("logits", format!("[{}, {}, {vocab}] for {rows} rows", logits.rows, logits.positions)));
+        }
+        for id in participants {
+            let Some(m) = self.members.get_mut(id) else { continue };
+            let Phase::Batched { at } = &m.phase else { continue };
+            let mut data = Vec::with_capacity(at.len() * vocab);
+            for &r in at {
+                data.extend_from_slice(logits.at(r, logits.positions - 1));
+            }
+            m.past += 1;
+            if let Some((_, reply)) = m.pending.take() {
+                let _ = reply.send(Ok(Logits { rows: at.len(), vocab, data }));
+            }
+        }
+        Ok(())
+    }
+}
