@@ -114,49 +114,39 @@ impl Metrics {
         );
         metric("gpt2c_queue_depth", "gauge", "Prompts accepted and waiting for their prefill.", g.queued.to_string());
         metric("gpt2c_requests_running", "gauge", "Requests being served.", g.running.to_string());
-        let load = |f: fn(&Stats) -> u64| g.stats.map_or(0, f).to_string();
-        metric(
-            "gpt2c_batch_rows",
-            "gauge",
-            "Rows in the running decode batch.",
-            load(|s| s.batch_rows.load(Ordering::Relaxed) as u64),
-        );
-        metric(
-            "gpt2c_decode_steps_total",
-            "counter",
-            "Batched decode steps run.",
-            load(|s| s.decode_steps.load(Ordering::Relaxed)),
-        );
-        metric(
-            "gpt2c_prefill_chunks_total",
-            "counter",
-            "Prefill passes run (a long prompt takes several).",
-            load(|s| s.prefill_chunks.load(Ordering::Relaxed)),
-        );
-        metric(
-            "gpt2c_prefix_cache_hits_total",
-            "counter",
-            "Prompts that reused cached prefix keys and values.",
-            load(|s| s.prefix_hits.load(Ordering::Relaxed)),
-        );
-        metric(
-            "gpt2c_prefix_cache_misses_total",
-            "counter",
-            "Prompts that found no cached prefix.",
-            load(|s| s.prefix_misses.load(Ordering::Relaxed)),
-        );
-        metric(
-            "gpt2c_prefix_cache_reused_tokens_total",
-            "counter",
-            "Prompt positions taken from the prefix cache instead of computed.",
-            load(|s| s.prefix_tokens_reused.load(Ordering::Relaxed)),
-        );
-        metric(
-            "gpt2c_prefix_cache_bytes",
-            "gauge",
-            "Bytes of keys and values the prefix cache holds.",
-            load(|s| s.prefix_bytes.load(Ordering::Relaxed)),
-        );
+        type Read = fn(&Stats) -> u64;
+        let scheduler: [(&str, &str, &str, Read); 8] = [
+            ("gpt2c_batch_rows", "gauge", "Rows in the running decode batch.", |s| {
+                s.batch_rows.load(Ordering::Relaxed) as u64
+            }),
+            ("gpt2c_requests_waiting_for_rows", "gauge", "Prompts the scheduler holds until rows free up.", |s| {
+                s.waiting.load(Ordering::Relaxed) as u64
+            }),
+            ("gpt2c_decode_steps_total", "counter", "Batched decode steps run.", |s| {
+                s.decode_steps.load(Ordering::Relaxed)
+            }),
+            ("gpt2c_prefill_chunks_total", "counter", "Prefill passes run (a long prompt takes several).", |s| {
+                s.prefill_chunks.load(Ordering::Relaxed)
+            }),
+            ("gpt2c_prefix_cache_hits_total", "counter", "Prompts that reused cached prefix keys and values.", |s| {
+                s.prefix_hits.load(Ordering::Relaxed)
+            }),
+            ("gpt2c_prefix_cache_misses_total", "counter", "Prompts that found no cached prefix.", |s| {
+                s.prefix_misses.load(Ordering::Relaxed)
+            }),
+            (
+                "gpt2c_prefix_cache_reused_tokens_total",
+                "counter",
+                "Prompt positions taken from the prefix cache.",
+                |s| s.prefix_tokens_reused.load(Ordering::Relaxed),
+            ),
+            ("gpt2c_prefix_cache_bytes", "gauge", "Bytes of keys and values the prefix cache holds.", |s| {
+                s.prefix_bytes.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, kind, help, read) in scheduler {
+            metric(name, kind, help, g.stats.map_or(0, read).to_string());
+        }
         let _ = writeln!(
             out,
             "# HELP gpt2c_requests_total Completion requests by outcome.\n# TYPE gpt2c_requests_total counter"

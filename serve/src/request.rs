@@ -8,43 +8,7 @@ use serde_json::{Map, Value, json};
 use crate::error::ApiError;
 
 /// transformers' generation options the body may carry under their own names.
-const TRANSFORMERS_FIELDS: &[&str] = &[
-    "max_length",
-    "max_new_tokens",
-    "min_length",
-    "min_new_tokens",
-    "early_stopping",
-    "max_time",
-    "stop_strings",
-    "do_sample",
-    "num_beams",
-    "num_beam_groups",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "typical_p",
-    "epsilon_cutoff",
-    "eta_cutoff",
-    "diversity_penalty",
-    "repetition_penalty",
-    "length_penalty",
-    "no_repeat_ngram_size",
-    "bad_words_ids",
-    "renormalize_logits",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "remove_invalid_values",
-    "exponential_decay_length_penalty",
-    "suppress_tokens",
-    "begin_suppress_tokens",
-    "sequence_bias",
-    "num_return_sequences",
-    "pad_token_id",
-    "bos_token_id",
-    "eos_token_id",
-    "seed",
-];
+const TRANSFORMERS_FIELDS: &[&str] = GenerationConfig::FIELDS;
 
 /// OpenAI's default `max_tokens`, used when neither the body nor generation_config.json sets a length.
 pub const DEFAULT_MAX_TOKENS: u64 = 16;

@@ -164,6 +164,45 @@ fn invalid(field: &str, message: impl Into<String>) -> GenerateError {
 }
 
 impl GenerationConfig {
+    /// The settings' names as transformers spells them (every field read from JSON).
+    pub const FIELDS: &'static [&'static str] = &[
+        "max_length",
+        "max_new_tokens",
+        "min_length",
+        "min_new_tokens",
+        "early_stopping",
+        "max_time",
+        "stop_strings",
+        "do_sample",
+        "num_beams",
+        "num_beam_groups",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical_p",
+        "epsilon_cutoff",
+        "eta_cutoff",
+        "diversity_penalty",
+        "repetition_penalty",
+        "length_penalty",
+        "no_repeat_ngram_size",
+        "bad_words_ids",
+        "renormalize_logits",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "remove_invalid_values",
+        "exponential_decay_length_penalty",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "sequence_bias",
+        "num_return_sequences",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+        "seed",
+    ];
+
     /// Reads `defaults` (generation_config.json) with `overrides` on top; `null` means "default".
     pub fn from_json(defaults: &Map<String, Value>, overrides: &Map<String, Value>) -> Result<Self, GenerateError> {
         let mut merged = defaults.clone();
@@ -435,6 +474,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.early_stopping, c.mode()), (EarlyStopping::Never, Mode::GroupBeamSearch));
+    }
+
+    #[test]
+    fn every_listed_field_is_read() {
+        // serde ignores names that are not fields: a value of the wrong type fails only for real ones.
+        for field in GenerationConfig::FIELDS {
+            let err = parse("{}", &format!(r#"{{"{field}": {{"x": 1}}}}"#)).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+        assert!(parse("{}", r#"{"not_a_field": {"x": 1}}"#).is_ok());
     }
 
     #[test]
