@@ -324,3 +324,65 @@ pub fn response(loaded: &Loaded, model: &str, c: &Completion, mut choices: Vec<C
     json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": out,
            "usage": usage(prompt_tokens, completion_tokens)})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> TextTokenizer {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tokenizer/tokenizer.json");
+        TextTokenizer::from_file(&path).unwrap()
+    }
+
+    /// Streams `text`'s tokens one by one; returns the pieces and the final text.
+    fn stream(t: &TextTokenizer, text: &str, stop: &[&str]) -> (Vec<String>, String, bool) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let ids = t.encode(text).unwrap();
+        let mut s = StreamedText::default();
+        let mut pieces: Vec<String> = ids.iter().filter_map(|&id| s.push(id, t, &[50256], &stop)).collect();
+        let (final_text, cut) = visible_text(t, &ids, &[50256], &stop);
+        pieces.extend(s.finish(&final_text));
+        (pieces, final_text, cut)
+    }
+
+    #[test]
+    fn streamed_pieces_add_up_to_the_final_text() {
+        let t = tokenizer();
+        for (text, stop, want, cut) in [
+            ("Hello, my name is Anna.", vec![], "Hello, my name is Anna.", false),
+            // Multi-byte characters split across byte-level tokens are held until complete.
+            ("naïve café — 日本語 ok", vec![], "naïve café — 日本語 ok", false),
+            // A stop string spanning tokens is cut, and nothing after it is ever sent.
+            ("one two three four", vec!["o thr"], "one tw", true),
+            ("one two three four", vec!["four", " two"], "one", true),
+            ("a stop that never comes", vec!["xyz"], "a stop that never comes", false),
+        ] {
+            let (pieces, final_text, was_cut) = stream(&t, text, &stop);
+            assert_eq!(final_text, want, "{text:?} {stop:?}");
+            assert_eq!(was_cut, cut);
+            assert_eq!(pieces.concat(), final_text, "{text:?}: {pieces:?}");
+            assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        }
+    }
+
+    #[test]
+    fn trailing_eos_is_not_text_and_finish_reasons_follow_openai() {
+        let t = tokenizer();
+        let mut ids = t.encode("The end").unwrap();
+        ids.push(50256);
+        assert_eq!(visible_text(&t, &ids, &[50256], &[]).0, "The end");
+        assert_eq!(finish_reason(FinishReason::Eos, false), "stop");
+        assert_eq!(finish_reason(FinishReason::Length, true), "stop");
+        assert_eq!(finish_reason(FinishReason::Time, false), "length");
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_alternatives() {
+        let row = [1.0f32, 3.0, 2.0, f32::NEG_INFINITY];
+        let lp = logprobs_of(&row, 2, 2);
+        let lse = (1f64.exp() + 3f64.exp() + 2f64.exp()).ln();
+        assert!((f64::from(lp.logprob) - (2.0 - lse)).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|&(t, _)| t).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((f64::from(lp.top[0].1) - (3.0 - lse)).abs() < 1e-6);
+    }
+}
