@@ -222,6 +222,7 @@ fn a_cancelled_request_leaves_and_the_others_finish() {
 #[test]
 fn a_call_wider_than_the_batch_is_refused() {
     let b = batcher(2);
+    assert!(b.is_running());
     let wide = config(json!({"max_new_tokens": 3, "num_beams": 3}));
     let err = generate(&mut b.member(Interrupt::default()), limits(), &[vec![1, 2]], &wide, None, &mut |_, _| {})
         .unwrap_err();

@@ -267,12 +267,11 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let status = if shared.draining.load(Ordering::Relaxed) {
-        "draining"
-    } else if shared.loaded.get().is_some() {
-        "ok"
-    } else {
-        "loading"
+    let status = match shared.loaded.get() {
+        _ if shared.draining.load(Ordering::Relaxed) => "draining",
+        Some(l) if l.batcher.is_running() => "ok",
+        Some(_) => "failed",
+        None => "loading",
     };
     let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(json!({"status": status}))).into_response()
@@ -328,6 +327,9 @@ async fn completion(shared: Arc<Shared>, request: Request, running: Running) -> 
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     let loaded = shared.loaded.get().cloned().ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
+    if !loaded.batcher.is_running() {
+        return Err(ApiError::internal("the scheduler has stopped; restart the server"));
+    }
     let limit = shared.options.max_body_bytes;
     let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| ApiError::too_large(limit))?;
     let ctx = request::Context {

@@ -72,6 +72,17 @@ pub struct Stats {
     pub prefix_tokens_reused: AtomicU64,
     /// Bytes the prefix cache holds.
     pub prefix_bytes: AtomicU64,
+    /// Set while the scheduler thread runs; cleared when it ends, however it ends.
+    pub running: AtomicBool,
+}
+
+/// Clears [`Stats::running`] when the scheduler thread ends (also by a panic).
+struct RunningFlag(Arc<Stats>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::SeqCst);
+    }
 }
 
 /// How a call can be stopped from outside: a flag its owner sets, and a deadline.
@@ -145,6 +156,8 @@ impl Batcher {
             .name("gpt2c-scheduler".into())
             .spawn(move || match load() {
                 Ok((engine, report)) => {
+                    thread_stats.running.store(true, Ordering::SeqCst);
+                    let _flag = RunningFlag(thread_stats.clone());
                     let _ = loaded_tx.send(Ok(report));
                     scheduler::Scheduler::new(engine, shape, options, rx, thread_stats).run();
                 }
@@ -171,6 +184,11 @@ impl Batcher {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Whether the scheduler still runs (a server reports itself unhealthy when it does not).
+    pub fn is_running(&self) -> bool {
+        self.stats.running.load(Ordering::SeqCst)
     }
 
     /// The most rows in flight at once.
