@@ -272,16 +272,7 @@ impl Engine for HostEngine {
         sources: &[RowSource],
         width: usize,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
-        let tensors = parts.first().map_or(0, |p| p.cache.len());
-        if parts.iter().any(|p| p.cache.len() != tensors) {
-            return Err(input_error("cache", "parts with different numbers of tensors".into()));
-        }
-        (0..tensors)
-            .map(|j| {
-                let of_tensor: Vec<&HostTensor> = parts.iter().filter_map(|p| p.cache.get(j)).collect();
-                crate::backend::assemble::assemble_host(&of_tensor, sources, width)
-            })
-            .collect()
+        crate::backend::assemble::assemble_parts(&parts, sources, width, |t| Ok(std::borrow::Cow::Borrowed(t)))
     }
 
     fn copy_out(&mut self, cache: &[HostTensor], _rows: usize, _width: usize) -> Result<Vec<HostTensor>, RuntimeError> {

@@ -7,11 +7,12 @@
 //! tokens the attention mask shows, so any row that sees a padding slot, another row's cache or
 //! a wrongly aligned position changes its tokens.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use gpt2c_runtime::backend::RuntimeError;
-use gpt2c_runtime::backend::assemble::assemble_host;
+use gpt2c_runtime::backend::assemble::assemble_parts;
 use gpt2c_runtime::batch::{BatchOptions, Batcher, Interrupt};
 use gpt2c_runtime::generate::{GenerationConfig, ModelLimits, generate};
 use gpt2c_runtime::session::{AllLogits, CachePart, CacheShape, CachedSession, Engine, RowSource, TokenInputs};
@@ -80,12 +81,7 @@ impl Engine for ToyEngine {
         sources: &[RowSource],
         width: usize,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
-        (0..2)
-            .map(|j| {
-                let of: Vec<&HostTensor> = parts.iter().map(|p| &p.cache[j]).collect();
-                assemble_host(&of, sources, width)
-            })
-            .collect()
+        assemble_parts(&parts, sources, width, |t| Ok(Cow::Borrowed(t)))
     }
 
     fn copy_out(&mut self, cache: &[HostTensor], _: usize, _: usize) -> Result<Vec<HostTensor>, RuntimeError> {

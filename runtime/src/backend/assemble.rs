@@ -2,8 +2,10 @@
 //! keeps (rows of different lengths left-padded under the attention mask). Every engine copies
 //! through [`assemble_rows`], so ONNX Runtime's buffers, tract's values and host tensors agree.
 
+use std::borrow::Cow;
+
 use super::RuntimeError;
-use super::engine::RowSource;
+use super::engine::{CachePart, RowSource};
 use crate::tensor::{HostData, HostTensor};
 
 /// One source cache tensor: `[rows, heads, width, head_dim]` elements, row-major.
@@ -113,6 +115,28 @@ pub fn assemble_host(parts: &[&HostTensor], sources: &[RowSource], width: usize)
         HostData::I64(_) => return Err(err("a cache of integers".into())),
     };
     Ok(HostTensor { shape, data })
+}
+
+/// [`Engine::assemble`](super::engine::Engine::assemble) for engines whose cache values read as
+/// host tensors (`host` borrows or converts one): tensor `j` of the result from tensor `j` of
+/// every part.
+pub fn assemble_parts<V>(
+    parts: &[CachePart<V>],
+    sources: &[RowSource],
+    width: usize,
+    host: impl Fn(&V) -> Result<Cow<'_, HostTensor>, RuntimeError>,
+) -> Result<Vec<HostTensor>, RuntimeError> {
+    let tensors = parts.first().map_or(0, |p| p.cache.len());
+    if parts.iter().any(|p| p.cache.len() != tensors) {
+        return Err(err("cache parts with different numbers of tensors".into()));
+    }
+    (0..tensors)
+        .map(|j| {
+            let of_tensor = parts.iter().map(|p| host(&p.cache[j])).collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&HostTensor> = of_tensor.iter().map(|t| t.as_ref()).collect();
+            assemble_host(&refs, sources, width)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -238,18 +238,10 @@ impl crate::backend::engine::Engine for TractEngine {
         sources: &[crate::backend::engine::RowSource],
         width: usize,
     ) -> Result<Vec<TValue>, RuntimeError> {
-        let tensors = parts.first().map_or(0, |p| p.cache.len());
-        if parts.iter().any(|p| p.cache.len() != tensors) {
-            return Err(RuntimeError::Tract("cache parts with different numbers of tensors".into()));
-        }
-        (0..tensors)
-            .map(|j| {
-                let host = parts.iter().map(|p| host_of(&p.cache[j])).collect::<Result<Vec<_>, _>>()?;
-                let refs: Vec<&HostTensor> = host.iter().collect();
-                let joined = crate::backend::assemble::assemble_host(&refs, sources, width)?;
-                to_tvalue(&joined).map_err(tract_err)
-            })
-            .collect()
+        let joined = crate::backend::assemble::assemble_parts(&parts, sources, width, |v| {
+            host_of(v).map(std::borrow::Cow::Owned)
+        })?;
+        joined.iter().map(|t| to_tvalue(t).map_err(tract_err)).collect()
     }
 
     fn copy_out(&mut self, cache: &[TValue], _rows: usize, _width: usize) -> Result<Vec<HostTensor>, RuntimeError> {
