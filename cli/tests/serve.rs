@@ -450,6 +450,7 @@ fn bad_requests_get_400_naming_the_field() {
             400,
             Some("temperature"),
         ),
+        (json!({"model": m, "prompt": "Hi", "stop": "x", "stop_strings": ["y"]}).to_string(), 400, Some("stop")),
         (json!({"model": m, "prompt": "Hi", "repetition_penalty": 0}).to_string(), 400, Some("repetition_penalty")),
         (json!({"model": m, "prompt": "Hi", "frequency_penalty": 0.5}).to_string(), 400, Some("frequency_penalty")),
         (json!({"model": m, "prompt": "Hi", "logit_bias": {"99999": 1}}).to_string(), 400, Some("logit_bias")),
@@ -545,7 +546,8 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let mut server = Server::start(&dir, "tract", &["--threads", "1"]);
     let mut stream = server.open_stream(&long_stream());
     assert!(next_event(&mut stream).is_some());
-    let kill = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    // The shell's own `kill`: nothing beyond sh needs to be installed.
+    let kill = Command::new("sh").args(["-c", &format!("kill -TERM {}", server.child.id())]).status().unwrap();
     assert!(kill.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

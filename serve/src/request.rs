@@ -224,12 +224,17 @@ pub fn parse(body: &[u8], ctx: &Context<'_>) -> Result<Completion, ApiError> {
             "stop" if v.is_null() => {}
             "stop" => {
                 stop = stop_list(v)?;
-                let as_list = json!(stop);
-                if overrides.get("stop_strings").is_some_and(|s| !s.is_null() && s != v && *s != as_list) {
-                    agree(&overrides, "stop_strings", "stop", v)?;
+                let given = overrides.get("stop_strings").filter(|s| !s.is_null());
+                if let Some(s) = given.filter(|s| stop_list(s).ok().as_ref() != Some(&stop)) {
+                    return Err(ApiError::invalid(
+                        "stop",
+                        format!(
+                            "`stop` ({v}) and `stop_strings` ({s}) disagree: give one of them, or the same strings"
+                        ),
+                    ));
                 }
                 if !stop.is_empty() {
-                    overrides.insert("stop_strings".into(), as_list);
+                    overrides.insert("stop_strings".into(), json!(stop));
                 }
                 renamed.push(("stop_strings", "stop"));
             }
