@@ -5,7 +5,7 @@
 //! | format | matmul |
 //! |---|---|
 //! | fp32 / fp16 | `MatMul(x, W)` in the compute type |
-//! | int8 | `DynamicQuantizeLinear(x)` → `MatMulInteger(x_q, W_q, x_zp, 0)` → `Cast` → `Mul(x_scale · w_scale)` (ONNX Runtime fuses this into DynamicQuantizeMatMul) |
+//! | int8 | `DynamicQuantizeLinear(x)` → `MatMulInteger(x_q, W_q, x_zp, 128)` → `Cast` → `Mul(x_scale · w_scale)` (ONNX Runtime fuses this into DynamicQuantizeMatMul) |
 //! | int8-weights | `DequantizeLinear(W_q, w_scale, axis=1)` → `MatMul` |
 //! | int4, target ort | `com.microsoft.MatMulNBits(x, W_q4, scales)`, blocks of 32 along K |
 //! | int4, portable | `DequantizeLinear(W_int4, scales, axis=0, block_size=32)` → `MatMul` (opset 21) |
@@ -15,6 +15,13 @@
 //! point) × scale); the tied LM head reads that table as its `[K, N]` weight
 //! (a per-column zero point for MatMulInteger), with
 //! the int8 dynamic matmul (int8 and int4) or a dequantized MatMul (int8-weights).
+//!
+//! Weights that feed `MatMulInteger` are stored as uint8 (the int8 value + 128,
+//! zero point + 128): the same numbers, but ONNX Runtime's x86 kernels for
+//! uint8 × int8 without VNNI (AVX2, AVX-512 BW) add pairs of products in
+//! saturating 16-bit lanes (`vpmaddubsw`), which overflow for 8-bit weights
+//! (255 × 127 × 2 > 32767) and wreck the logits; uint8 × uint8 widens to 16 bits
+//! first and is exact on every CPU.
 
 use super::BuildError;
 use super::precision::{Part, Precision, Quantize, Target};
@@ -117,25 +124,35 @@ fn matmul_weight(
         }
         Quantize::Int8 | Quantize::Int8Weights => {
             let q = quant::int8_per_column(&values(&weight, name)?, k, n);
-            let wq = b.initializer(
-                &format!("{name}.weight_quantized"),
-                built(Tensor::from_i8(vec![k, n], &q.values), name)?,
-            )?;
             let ws =
                 b.initializer(&format!("{name}.weight_scale"), built(Tensor::from_f32(vec![n], &q.scales), name)?)?;
             if ctx.p.quant_for(part) == Quantize::Int8 {
+                let wq = b.initializer(
+                    &format!("{name}.weight_quantized"),
+                    built(Tensor::from_u8(vec![k, n], &offset_u8(&q.values)), name)?,
+                )?;
                 let zp = b.initializer(
                     &format!("{name}.weight_zero_point"),
-                    built(Tensor::from_i8(vec![n], &vec![0; n]), name)?,
+                    built(Tensor::from_u8(vec![n], &offset_u8(&q.zero_points)), name)?,
                 )?;
                 Ok(dynamic_matmul(b, x, wq, ws, zp)?)
             } else {
+                let wq = b.initializer(
+                    &format!("{name}.weight_quantized"),
+                    built(Tensor::from_i8(vec![k, n], &q.values), name)?,
+                )?;
                 let w = b.node1(Op::DequantizeLinear { axis: 1, block_size: 0 }, &[wq, ws])?;
                 Ok(b.matmul(x, w)?)
             }
         }
         Quantize::Int4 => int4_matmul(b, ctx.p, name, x, &values(&weight, name)?, k, n),
     }
+}
+
+/// int8 values as uint8 with the same meaning once the zero point is moved too
+/// (`q + 128`; see the module's note on `MatMulInteger`).
+fn offset_u8(values: &[i8]) -> Vec<u8> {
+    values.iter().map(|&v| (v as u8) ^ 0x80).collect()
 }
 
 /// Run-time quantized `x @ W_q` scaled back to f32.
@@ -197,7 +214,7 @@ pub(crate) struct Table {
     name: String,
     source: Tensor,
     float: Option<ValueId>,
-    /// int8 values, scales and zero points, one per row.
+    /// int8 values (stored + 128 as uint8), scales and zero points, one per row.
     int8_rows: Option<(ValueId, ValueId, ValueId)>,
 }
 
@@ -221,7 +238,7 @@ impl Table {
         Ok(v)
     }
 
-    /// The table as int8 with one scale and zero point per token, stored transposed
+    /// The table as int8 (stored as uint8, + 128) with one scale and zero point per token, stored transposed
     /// (`[n_embd, vocab]`): the LM head then is a plain `[K, N]` weight, which runtimes
     /// fuse into their quantized matmuls, and the embedding gathers columns.
     fn int8_rows(&mut self, b: &mut GraphBuilder) -> Result<(ValueId, ValueId, ValueId), BuildError> {
@@ -231,21 +248,22 @@ impl Table {
         let (rows, cols) = self.rows();
         let name = &self.name;
         let q = quant::int8_per_row_asymmetric(&values(&self.source, name)?, rows, cols);
-        let mut transposed = vec![0i8; q.values.len()];
+        let stored = offset_u8(&q.values);
+        let mut transposed = vec![0u8; stored.len()];
         for r in 0..rows {
             for c in 0..cols {
-                transposed[c * rows + r] = q.values[r * cols + c];
+                transposed[c * rows + r] = stored[r * cols + c];
             }
         }
         let wq = b.initializer(
             &format!("{name}.weight_quantized"),
-            built(Tensor::from_i8(vec![cols, rows], &transposed), name)?,
+            built(Tensor::from_u8(vec![cols, rows], &transposed), name)?,
         )?;
         let ws =
             b.initializer(&format!("{name}.weight_scale"), built(Tensor::from_f32(vec![rows], &q.scales), name)?)?;
         let zp = b.initializer(
             &format!("{name}.weight_zero_point"),
-            built(Tensor::from_i8(vec![rows], &q.zero_points), name)?,
+            built(Tensor::from_u8(vec![rows], &offset_u8(&q.zero_points)), name)?,
         )?;
         self.int8_rows = Some((wq, ws, zp));
         Ok((wq, ws, zp))

@@ -111,6 +111,10 @@ impl Tensor {
         Tensor::from_bytes(DType::I8, dims, values.iter().map(|&v| v as u8).collect())
     }
 
+    pub fn from_u8(dims: Vec<usize>, values: &[u8]) -> Option<Tensor> {
+        Tensor::from_bytes(DType::U8, dims, values.to_vec())
+    }
+
     /// Element count.
     pub fn numel(&self) -> usize {
         self.dims.iter().product()
