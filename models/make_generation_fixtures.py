@@ -11,7 +11,8 @@ search); sampling cannot reproduce torch's RNG and is tested statistically inste
 Models:
   tiny-default   models/tiny-default (random weights, 1,000-token BPE): every processor and strategy.
   tiny-trained   ../shared/models/tiny-trained (trained on English prose, real GPT-2 vocabulary):
-                 meaningful prompts for greedy, beam search and a padded batch.
+                 meaningful prompts for greedy, beam search and a padded batch; tiny-trained-long.json:
+                 prompts near 64 positions that grow past it (--long-only writes just that file).
 
 Group (diverse) beam search left the library in transformers 4.57, so its cases are produced by running
 this script again under transformers 4.56 (--group-beam-only), with that version on PYTHONPATH:
@@ -153,6 +154,24 @@ def tiny_trained_cases(model, tok):
     ]
 
 
+def tiny_trained_long_cases(model, tok):
+    """Prompts near and past 64 positions that grow by 40 or more: caches kept in a buffer with room
+    for more positions (`--kv-cache shared`, 64 positions at first) must move to a larger one."""
+    text = ("The relationship could be a matter of historical connection with the subject or with related "
+            "matters, or of legal, commercial, philosophical, ethical or political position regarding them. "
+            "The Invariant Sections are certain Secondary Sections whose titles are designated, as being those of "
+            "Invariant Sections, in the notice that says that the Document is released under this License.")
+    long = tok(text)["input_ids"][:52]
+    short = tok("You can")["input_ids"]
+    assert len(long) == 52, len(long)
+    return [
+        run_case(model, "long_greedy", [long], max_new_tokens=40, do_sample=False),
+        run_case(model, "long_beam", [long], max_new_tokens=20, num_beams=3, num_return_sequences=2,
+                 do_sample=False),
+        run_case(model, "long_and_short", [long, short], max_new_tokens=30, do_sample=False),
+    ]
+
+
 def group_beam_cases(model, tok):
     p = tok("The quick brown fox")["input_ids"]
     p3 = tok("A")["input_ids"]
@@ -189,16 +208,21 @@ def main():
     p.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared"))
     p.add_argument("--transformers-4-56", help="folder with transformers 4.56 installed (for group beam search)")
     p.add_argument("--group-beam-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--long-only", action="store_true",
+                   help="write only generation/tiny-trained-long.json (leaves the other fixtures as they are)")
     args = p.parse_args()
     torch.use_deterministic_algorithms(True)
     out_dir = os.path.join(HERE, "generation")
+    trained, trained_tok = load(os.path.join(args.shared, "models", "tiny-trained"))
+    save(os.path.join(out_dir, "tiny-trained-long.json"), tiny_trained_long_cases(trained, trained_tok))
+    if args.long_only:
+        return
     model, tok = load(os.path.join(HERE, "tiny-default"))
     if args.group_beam_only:
         assert transformers.__version__.startswith("4.56"), transformers.__version__
         save(os.path.join(out_dir, "tiny-default-group-beam.json"), group_beam_cases(model, tok))
         return
     save(os.path.join(out_dir, "tiny-default.json"), tiny_default_cases(model, tok))
-    trained, trained_tok = load(os.path.join(args.shared, "models", "tiny-trained"))
     save(os.path.join(out_dir, "tiny-trained.json"), tiny_trained_cases(trained, trained_tok))
     if args.transformers_4_56:
         env = dict(os.environ, PYTHONPATH=args.transformers_4_56)

@@ -3,7 +3,7 @@
 //! (listed in `--help`) with a line of help each.
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use gpt2c_compiler::gpt2::{FloatType, Quantize, Target, Task};
+use gpt2c_compiler::gpt2::{FloatType, KvCache, Quantize, Target, Task};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
 
@@ -54,6 +54,10 @@ choice!(Quantize, {
 choice!(Target, {
     Target::Portable => "standard ONNX operators only (ONNX Runtime, tract, any runtime)",
     Target::Ort => "ONNX Runtime's fused kernels (opset-23 Attention, SkipLayerNormalization, FastGelu)",
+});
+choice!(KvCache, {
+    KvCache::Concat => "present = Concat(past, new): a new cache every step, any runtime",
+    KvCache::Shared => "GroupQueryAttention appends into one past/present buffer (--target ort, ONNX Runtime)",
 });
 choice!(Task, {
     Task::TextGeneration => "GPT2LMHeadModel without a cache: logits for every position",

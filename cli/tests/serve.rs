@@ -55,10 +55,19 @@ fn gpt2c() -> Command {
 
 /// tiny-trained exported into a temporary folder (named `tiny-trained`: the served model name).
 fn export() -> Option<(tempfile::TempDir, String)> {
+    export_with(&[])
+}
+
+/// tiny-trained exported with extra `gpt2c export` options.
+fn export_with(options: &[&str]) -> Option<(tempfile::TempDir, String)> {
     let ckpt = shared()?.join("models/tiny-trained");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("tiny-trained");
-    let o = gpt2c().args(["export", ckpt.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"]).output().unwrap();
+    let o = gpt2c()
+        .args(["export", ckpt.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"])
+        .args(options)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     Some((tmp, out.to_str().unwrap().to_string()))
 }
@@ -263,9 +272,9 @@ fn mixed_requests() -> Vec<Value> {
     ]
 }
 
-fn company_independence(backend: &str) {
+fn company_independence(backend: &str, export_options: &[&str]) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((_tmp, dir)) = export() else { return };
+    let Some((_tmp, dir)) = export_with(export_options) else { return };
     // Small prefill chunks: the long prompt is prefilled in pieces between decode steps.
     let server = Server::start(&dir, backend, &["--max-batch-rows", "64", "--prefill-chunk", "16"]);
     let requests = mixed_requests();
@@ -339,13 +348,22 @@ fn company_independence(backend: &str) {
 #[test]
 fn requests_in_company_equal_requests_alone_on_onnx_runtime() {
     if ort_available() {
-        company_independence("ort");
+        company_independence("ort", &[]);
+    }
+}
+
+/// With `--kv-cache shared` each row keeps its own length in one buffer: rows join and leave
+/// without the others moving, beams are reordered in place.
+#[test]
+fn requests_in_company_equal_requests_alone_with_a_shared_cache() {
+    if ort_available() {
+        company_independence("ort", &["--target", "ort", "--kv-cache", "shared"]);
     }
 }
 
 #[test]
 fn requests_in_company_equal_requests_alone_on_tract() {
-    company_independence("tract");
+    company_independence("tract", &[]);
 }
 
 #[test]

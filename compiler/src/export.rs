@@ -161,6 +161,7 @@ pub fn export(
             ("gpt2c.dtype".into(), options.graph.precision.dtype.name().into()),
             ("gpt2c.quantize".into(), options.graph.precision.quantize.name().into()),
             ("gpt2c.target".into(), options.graph.precision.target.name().into()),
+            ("gpt2c.kv_cache".into(), options.graph.precision.kv_cache.name().into()),
             // The description files written before the keys above carried; kept for readers of those.
             ("gpt2c.precision".into(), options.graph.precision.describe()),
         ],
@@ -197,7 +198,7 @@ pub fn export(
         let gen_path = staging.path().join("generation_config.json");
         let generation: Map<String, Value> = serde_json::from_slice(&fs::read(&gen_path).map_err(io_error(&gen_path))?)
             .map_err(|e| ExportError::BadJson { path: gen_path.clone(), message: e.to_string() })?;
-        let genai = crate::layout::genai_config(&ckpt.config, &generation);
+        let genai = crate::layout::genai_config(&ckpt.config, &generation, options.graph.precision.kv_cache);
         let path = staging.path().join("genai_config.json");
         fs::write(&path, serde_json::to_string_pretty(&genai).unwrap_or_default() + "\n").map_err(io_error(&path))?;
     }

@@ -85,7 +85,7 @@ fn default_number(key: &str) -> Value {
 
 /// `genai_config.json` for an export of `config`, with `generation` (generation_config.json)
 /// as the search defaults.
-pub fn genai_config(c: &Gpt2Config, generation: &Map<String, Value>) -> Value {
+pub fn genai_config(c: &Gpt2Config, generation: &Map<String, Value>, kv_cache: crate::gpt2::KvCache) -> Value {
     let mut search = Map::new();
     for (key, default) in SEARCH_DEFAULTS {
         let value = match generation.get(key) {
@@ -97,8 +97,11 @@ pub fn genai_config(c: &Gpt2Config, generation: &Map<String, Value>) -> Value {
         };
         search.insert(key.into(), value);
     }
-    // The graph concatenates past and new keys: there is no buffer to share.
-    search.insert("past_present_share_buffer".into(), Value::Bool(false));
+    // A concatenating graph writes a new present each step; GroupQueryAttention (`--kv-cache
+    // shared`) appends into the past buffer when genai binds one buffer as both (genai shares only
+    // without beams, and falls back to a growing cache with them).
+    let share = kv_cache == crate::gpt2::KvCache::Shared;
+    search.insert("past_present_share_buffer".into(), Value::Bool(share));
     let eos = match c.eos_token_ids.as_slice() {
         [one] => json!(one),
         many => json!(many),

@@ -58,6 +58,12 @@ pub fn gpt2c_dtype(path: &std::path::Path) -> Option<String> {
     gpt2c_metadata(path, "gpt2c.dtype")
 }
 
+/// The `gpt2c.kv_cache` metadata of a gpt2c export (`concat`, `shared`; files written before the
+/// key concatenate).
+pub fn gpt2c_kv_cache(path: &std::path::Path) -> Option<String> {
+    gpt2c_metadata(path, "gpt2c.kv_cache")
+}
+
 /// The `gpt2c.task` metadata of a gpt2c export (optimum's task name).
 pub fn gpt2c_task(path: &std::path::Path) -> Option<String> {
     gpt2c_metadata(path, "gpt2c.task")
@@ -163,7 +169,8 @@ pub fn specialize(bytes: &[u8], model_file: &str, edits: Edits) -> Option<Vec<u8
 /// Identity nodes gpt2c places in the last layer where only the last position reaches the logits
 /// (node names end in `.{marker}/Identity`), with the axis of positions in each; the compiler's
 /// `gpt2::attention::LAST_POSITION_MARKERS`.
-pub const LAST_POSITION_MARKERS: [(&str, i64); 3] = [("query_rows", 1), ("mask_rows", 2), ("residual_rows", 1)];
+pub const LAST_POSITION_MARKERS: [(&str, i64); 4] =
+    [("query_rows", 1), ("mask_rows", 2), ("residual_rows", 1), ("context_rows", 1)];
 
 /// Turns the last layer's position markers into Slices of the last position, so that the last
 /// layer computes attention output, MLP and residual for one position (its keys and values, the

@@ -5,7 +5,9 @@
 //!
 //! The toy engine keeps each position's token in its cache and scores the next token from the
 //! tokens the attention mask shows, so any row that sees a padding slot, another row's cache or
-//! a wrongly aligned position changes its tokens.
+//! a wrongly aligned position changes its tokens. It runs both ways rows of different lengths
+//! share a cache: right-aligned (any graph) and left-aligned, each row reading its own length from
+//! its mask as GroupQueryAttention does (`--kv-cache shared`).
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use gpt2c_runtime::backend::RuntimeError;
 use gpt2c_runtime::backend::assemble::assemble_parts;
+use gpt2c_runtime::backend::engine::Alignment;
 use gpt2c_runtime::batch::{BatchOptions, Batcher, Interrupt};
 use gpt2c_runtime::generate::{GenerationConfig, ModelLimits, generate};
 use gpt2c_runtime::session::{AllLogits, CachePart, CacheShape, CachedSession, Engine, RowSource, TokenInputs};
@@ -23,7 +26,16 @@ const VOCAB: usize = 50;
 const SHAPE: CacheShape = CacheShape { n_layer: 1, n_head: 1, head_dim: 1, vocab: VOCAB };
 
 /// Keys hold token ids, values position ids; logits hash the visible tokens and positions.
-struct ToyEngine;
+/// Left-aligned (`left`), a row's keys start at position 0 and its length is its mask's last set
+/// position + 1 − the new tokens; positions past a row's length are never read.
+#[derive(Clone, Copy, Default)]
+struct ToyEngine {
+    left: bool,
+}
+
+#[allow(non_upper_case_globals)]
+const ToyEngine: ToyEngine = ToyEngine { left: false };
+const LEFT: ToyEngine = ToyEngine { left: true };
 
 fn scores(visible: &[(i64, i64)]) -> Vec<f32> {
     let mut h: u64 = 1469598103934665603;
@@ -57,11 +69,17 @@ impl Engine for ToyEngine {
         let (mut new_keys, mut new_values) = (Vec::new(), Vec::new());
         for r in 0..t.rows {
             let mask = &t.attention_mask[r * t.total..(r + 1) * t.total];
+            // Left-aligned, the row holds positions up to its mask's last set one.
+            let own = if self.left { mask.iter().rposition(|&m| m == 1).map_or(0, |p| p + 1) } else { t.total };
+            assert!(own >= t.seq, "a row's mask ends before its new tokens");
+            let row_past = own - t.seq;
             let mut row: Vec<(i64, i64)> =
-                (0..past).map(|p| (keys[r * past + p] as i64, values[r * past + p] as i64)).collect();
+                (0..row_past).map(|p| (keys[r * past + p] as i64, values[r * past + p] as i64)).collect();
             row.extend((0..t.seq).map(|s| (t.input_ids[r * t.seq + s], t.position_ids[r * t.seq + s])));
             let visible: Vec<(i64, i64)> = row.iter().zip(mask).filter(|(_, m)| **m == 1).map(|(x, _)| *x).collect();
             logits.extend(scores(&visible));
+            // Positions past the row's length hold junk, which no row may read.
+            row.resize(t.total, (-99, -99));
             new_keys.extend(row.iter().map(|x| x.0 as f32));
             new_values.extend(row.iter().map(|x| x.1 as f32));
         }
@@ -81,7 +99,23 @@ impl Engine for ToyEngine {
         sources: &[RowSource],
         width: usize,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
-        assemble_parts(&parts, sources, width, |t| Ok(Cow::Borrowed(t)))
+        if !self.left {
+            return assemble_parts(&parts, sources, width, |t| Ok(Cow::Borrowed(t)));
+        }
+        // Each row's first positions at its start, junk after them.
+        (0..2)
+            .map(|j| {
+                let mut data = vec![-77.0; sources.len() * width];
+                for (i, s) in sources.iter().enumerate() {
+                    let part = &parts[s.part];
+                    let keep = width.min(part.width);
+                    let src = part.cache[j].as_f32().unwrap();
+                    data[i * width..i * width + keep]
+                        .copy_from_slice(&src[s.row * part.width..s.row * part.width + keep]);
+                }
+                Ok(HostTensor::f32(vec![sources.len(), 1, width, 1], data).unwrap())
+            })
+            .collect()
     }
 
     fn copy_out(&mut self, cache: &[HostTensor], _: usize, _: usize) -> Result<Vec<HostTensor>, RuntimeError> {
@@ -94,6 +128,10 @@ impl Engine for ToyEngine {
 
     fn last_logits_only(&self) -> bool {
         true
+    }
+
+    fn alignment(&self) -> Alignment {
+        if self.left { Alignment::Left } else { Alignment::Right }
     }
 }
 
@@ -136,19 +174,35 @@ fn outcome(session: &mut dyn gpt2c_runtime::DecoderSession, prompt: &[u32], conf
 }
 
 fn batcher(max_rows: usize) -> Batcher {
+    batcher_over(ToyEngine, max_rows)
+}
+
+fn batcher_over(engine: ToyEngine, max_rows: usize) -> Batcher {
     let options = BatchOptions { max_rows, prefill_chunk: 3, prefix_cache_bytes: 1 << 20, cache_bytes_per_position: 8 };
-    Batcher::start(|| Ok((ToyEngine, ())), SHAPE, options).unwrap().0
+    Batcher::start(move || Ok((engine, ())), SHAPE, options).unwrap().0
 }
 
 #[test]
 fn requests_in_a_batch_equal_requests_alone() {
+    requests_in_company_equal_requests_alone(ToyEngine);
+}
+
+/// Left-aligned: rows of different lengths share the cache without padding, rows stay where they
+/// are when others join or leave, beams are reordered in place.
+#[test]
+fn requests_in_a_left_aligned_batch_equal_requests_alone() {
+    requests_in_company_equal_requests_alone(LEFT);
+}
+
+fn requests_in_company_equal_requests_alone(engine: ToyEngine) {
     let requests = requests();
+    // Alone: a session of its own over the right-aligned engine (every row the same length).
     let alone: Vec<Outcome> =
         requests.iter().map(|(p, c)| outcome(&mut CachedSession::new(ToyEngine, &SHAPE), p, c)).collect();
     assert!(alone.iter().any(|o| o.iter().any(|(t, _, _)| t.last() == Some(&0))), "some request stops at EOS");
     // Enough rows for everyone, then too few: requests wait for rows and join as others leave.
     for max_rows in [32, 5] {
-        let b = batcher(max_rows);
+        let b = batcher_over(engine, max_rows);
         let together: Vec<Outcome> = std::thread::scope(|s| {
             let handles: Vec<_> = requests
                 .iter()
@@ -161,7 +215,7 @@ fn requests_in_a_batch_equal_requests_alone() {
         });
         assert_eq!(together.len(), alone.len());
         for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-            assert_eq!(a, t, "request {i} with {max_rows} rows");
+            assert_eq!(a, t, "request {i} with {max_rows} rows (left-aligned: {})", engine.left);
         }
         let stats = b.stats();
         assert!(stats.prefix_hits.load(Ordering::Relaxed) >= 1, "the shared prefix was reused");

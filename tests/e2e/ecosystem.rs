@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use gpt2c_compiler::ExportOptions;
+use gpt2c_compiler::gpt2::{GraphOptions, KvCache, Precision, Target};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_tests::{export_fixture, fixture, python_with, repo_root, shared_dir};
 use serde_json::Value;
@@ -57,11 +58,33 @@ fn genai_generate(python: &Path, dir: &Path, cases: &[(Vec<u64>, Vec<u64>)]) -> 
 /// greedy search gives transformers' ids, on the tiny fixture and on the model trained on prose.
 #[test]
 fn onnxruntime_genai_generates_transformers_greedy_ids() {
-    let Some(python) = python_with("onnxruntime_genai") else { return };
     let options = ExportOptions { layout: Layout::Genai, ..Default::default() };
+    genai_matches_transformers(&options, &["generation/tiny-trained.json"]);
+}
+
+/// `--target ort --kv-cache shared --layout genai`: genai_config.json turns on genai's
+/// `past_present_share_buffer`, so genai binds one `[batch, heads, max_length, head_dim]` buffer
+/// per cache tensor as both past and present and the graph appends into it; the ids are
+/// transformers', also for prompts whose generation passes 64 positions.
+#[test]
+fn onnxruntime_genai_shares_one_cache_buffer_with_a_shared_export() {
+    let precision = Precision { target: Target::Ort, kv_cache: KvCache::Shared, ..Default::default() };
+    let options = ExportOptions {
+        graph: GraphOptions { opset: 23, precision, ..Default::default() },
+        layout: Layout::Genai,
+        ..Default::default()
+    };
+    genai_matches_transformers(&options, &["generation/tiny-trained.json", "generation/tiny-trained-long.json"]);
+}
+
+fn genai_matches_transformers(options: &ExportOptions, trained_fixtures: &[&str]) {
+    let Some(python) = python_with("onnxruntime_genai") else { return };
+    let options = options.clone();
+    let share = options.graph.precision.kv_cache == KvCache::Shared;
     let (_tmp, out) = export_fixture("tiny-default", &options);
     let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("genai_config.json")).unwrap()).unwrap();
     assert_eq!(config["model"]["type"], "decoder");
+    assert_eq!(config["search"]["past_present_share_buffer"], Value::Bool(share));
     let cases = greedy_cases("generation/tiny-default.json");
     assert!(!cases.is_empty());
     let got = genai_generate(&python, &out, &cases);
@@ -73,8 +96,12 @@ fn onnxruntime_genai_generates_transformers_greedy_ids() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("export");
     gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &options, &mut |_| {}).unwrap();
-    let cases = greedy_cases("generation/tiny-trained.json");
-    assert!(!cases.is_empty());
+    let mut cases = Vec::new();
+    for file in trained_fixtures {
+        let of_file = greedy_cases(file);
+        assert!(!of_file.is_empty(), "{file} holds greedy cases");
+        cases.extend(of_file);
+    }
     let got = genai_generate(&python, &out, &cases);
     assert_eq!(got.len(), cases.len(), "onnxruntime-genai returned one result per case");
     for ((_, want), got) in cases.iter().zip(&got) {

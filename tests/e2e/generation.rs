@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use gpt2c_compiler::ExportOptions;
-use gpt2c_compiler::gpt2::{GraphOptions, Precision, Target};
+use gpt2c_compiler::gpt2::{GraphOptions, KvCache, Precision, Target};
 use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::GenerationConfig;
 use gpt2c_runtime::{BackendKind, ExportedModel, RunnerOptions, generate};
@@ -49,6 +49,12 @@ fn ort_target() -> ExportOptions {
     ExportOptions { graph: GraphOptions { opset: 23, precision, ..Default::default() }, ..Default::default() }
 }
 
+/// `--target ort --kv-cache shared`: GroupQueryAttention appending into one buffer.
+fn shared_cache() -> ExportOptions {
+    let precision = Precision { target: Target::Ort, kv_cache: KvCache::Shared, ..Default::default() };
+    ExportOptions { graph: GraphOptions { opset: 23, precision, ..Default::default() }, ..Default::default() }
+}
+
 /// ONNX Runtime alone, when its library loads (always in CI).
 fn ort_only() -> Vec<BackendKind> {
     backends().into_iter().filter(|k| *k == BackendKind::Ort).collect()
@@ -69,6 +75,7 @@ fn check_cases_on(export_dir: &Path, cases: &[Case], kinds: &[BackendKind]) {
             assert_eq!(out.sequences, case.sequences, "case {} on {}", case.name, kind.name());
             if let Some(want) = &case.scores {
                 let got: Vec<f64> = out.results.iter().map(|r| f64::from(r.score.unwrap())).collect();
+                assert_eq!(got.len(), want.len(), "case {} on {}: scores", case.name, kind.name());
                 for (g, w) in got.iter().zip(want) {
                     assert!((g - w).abs() < 1e-3, "case {} on {}: scores {got:?} vs {want:?}", case.name, kind.name());
                 }
@@ -99,6 +106,33 @@ fn ort_target_matches_transformers() {
     let out = tmp.path().join("export");
     gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &ort_target(), &mut |_| {}).unwrap();
     check_cases_on(&out, &load_cases(&fixture("generation/tiny-trained.json")), &ort_only());
+}
+
+/// `--kv-cache shared` decodes to transformers' tokens through ONNX Runtime's engine, which binds
+/// one buffer as past and present: every processor and strategy, beams reordered in place,
+/// left-padded batches, and prompts that outgrow the buffer's first 64 positions (the cache moves
+/// to a larger buffer mid-generation).
+#[test]
+fn shared_cache_matches_transformers() {
+    let (_tmp, out) = export_fixture("tiny-default", &shared_cache());
+    check_cases_on(&out, &load_cases(&fixture("generation/tiny-default.json")), &ort_only());
+    let Some(shared) = shared_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &shared_cache(), &mut |_| {}).unwrap();
+    let mut cases = load_cases(&fixture("generation/tiny-trained.json"));
+    cases.extend(load_cases(&fixture("generation/tiny-trained-long.json")));
+    check_cases_on(&out, &cases, &ort_only());
+}
+
+/// The prompts that outgrow 64 positions on the default export too, on every backend.
+#[test]
+fn long_prompts_match_transformers() {
+    let Some(shared) = shared_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    gpt2c_compiler::export(&shared.join("models/tiny-trained"), &out, &ExportOptions::default(), &mut |_| {}).unwrap();
+    check_cases(&out, &load_cases(&fixture("generation/tiny-trained-long.json")));
 }
 
 /// A model trained on English prose, with the real GPT-2 vocabulary.

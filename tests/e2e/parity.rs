@@ -3,7 +3,7 @@
 //! more token fed that past, (c) a left-padded batch, on every backend.
 
 use gpt2c_compiler::ExportOptions;
-use gpt2c_compiler::gpt2::{GraphOptions, Precision, Target};
+use gpt2c_compiler::gpt2::{GraphOptions, KvCache, Precision, Target};
 use gpt2c_runtime::{BackendKind, HostTensor};
 use gpt2c_tests::{Reference, backends, empty_past, export_fixture, fixture, max_abs_diff, runner};
 
@@ -147,6 +147,30 @@ fn ort_target_matches_transformers() {
     }
 }
 
+/// `--target ort --kv-cache shared` (GroupQueryAttention fed each row's last position from the
+/// mask) computes the same logits and presents as transformers on ONNX Runtime, with caches passed
+/// as ordinary growing tensors: a prompt, a decode step after it, and a left-padded batch.
+#[test]
+fn shared_cache_matches_transformers() {
+    let kinds: Vec<BackendKind> = backends().into_iter().filter(|k| *k == BackendKind::Ort).collect();
+    let precision = Precision { target: Target::Ort, kv_cache: KvCache::Shared, ..Default::default() };
+    let options =
+        ExportOptions { graph: GraphOptions { opset: 23, precision, ..Default::default() }, ..Default::default() };
+    for name in ["tiny-default", "tiny-inner-gelu", "tiny-scaled-attn", "tiny-untied", "tiny-default-f16"] {
+        check_fixture_with(name, name, &options, &kinds);
+    }
+    let (_tmp, out) = export_fixture("tiny-default", &options);
+    let model = gpt2c_proto::decode_model(&std::fs::read(out.join("model.onnx")).unwrap()).unwrap();
+    let count = |op: &str| model.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type() == op).count();
+    assert_eq!(count("GroupQueryAttention"), shape_of("tiny-default").n_layer);
+    assert_eq!(count("Attention"), 0);
+    // tract cannot run it, and says so.
+    let err = gpt2c_runtime::load_runner(BackendKind::Tract, &out.join("model.onnx"), &Default::default())
+        .err()
+        .expect("tract refuses GroupQueryAttention");
+    assert!(err.to_string().contains("--kv-cache shared"), "{err}");
+}
+
 /// The ORT target really is the fused graph: one Attention per layer, SkipLayerNormalization for
 /// every LayerNorm after the first (ln_f included), FastGelu only for the tanh GELU family.
 #[test]
@@ -178,15 +202,21 @@ fn last_layer_specialization_keeps_every_present() {
     assert_eq!(LAST_POSITION_MARKERS, gpt2c_compiler::gpt2::attention::LAST_POSITION_MARKERS);
     let shape = shape_of("tiny-default");
     let reference = Reference::load(&fixture("tiny-default").join("reference.safetensors"));
-    let ort = ExportOptions {
+    let ort = |kv_cache| ExportOptions {
         graph: GraphOptions {
             opset: 23,
-            precision: Precision { target: Target::Ort, ..Default::default() },
+            precision: Precision { target: Target::Ort, kv_cache, ..Default::default() },
             ..Default::default()
         },
         ..Default::default()
     };
-    for (label, options) in [("portable", ExportOptions::default()), ("ort target", ort)] {
+    let separate_queries = ["query_rows", "mask_rows", "residual_rows"];
+    let variants = [
+        ("portable", ExportOptions::default(), &separate_queries[..]),
+        ("ort target", ort(KvCache::Concat), &separate_queries[..]),
+        ("shared cache", ort(KvCache::Shared), &["context_rows", "residual_rows"][..]),
+    ];
+    for (label, options, markers) in variants {
         let (_tmp, out) = export_fixture("tiny-default", &options);
         let bytes = std::fs::read(out.join("model.onnx")).unwrap();
         let edits = Edits { last_position_logits: true, ..Default::default() };
@@ -195,10 +225,15 @@ fn last_layer_specialization_keeps_every_present() {
         for (marker, _) in LAST_POSITION_MARKERS {
             let at = format!("h.{}.", shape.n_layer - 1);
             let node = graph.node.iter().find(|n| n.name().ends_with(&format!(".{marker}/Identity")));
+            if !markers.contains(&marker) {
+                assert!(node.is_none(), "{label}: an unexpected {marker} marker");
+                continue;
+            }
             let node = node.unwrap_or_else(|| panic!("{label}: no {marker} marker"));
             assert!(node.name().starts_with(&at) && node.op_type() == "Slice", "{label}: {}", node.name());
         }
-        for kind in backends() {
+        let kinds = backends().into_iter().filter(|&k| label != "shared cache" || k == BackendKind::Ort);
+        for kind in kinds {
             let options = gpt2c_runtime::RunnerOptions { logits: LogitsScope::Last, ..Default::default() };
             let mut run = gpt2c_runtime::load_runner(kind, &out.join("model.onnx"), &options).unwrap();
             let past = empty_past(shape.n_layer, 2, shape.n_head, shape.head_dim);

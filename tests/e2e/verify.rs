@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use gpt2c_compiler::ExportOptions;
-use gpt2c_compiler::gpt2::{FloatType, GraphOptions, Precision, Quantize, Target};
+use gpt2c_compiler::gpt2::{FloatType, GraphOptions, KvCache, Precision, Quantize, Target};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_proto as pb;
@@ -79,6 +79,13 @@ fn verify_passes_on_every_fixture_export() {
     };
     let (_tmp, out) = export_fixture("tiny-default", &target_ort);
     assert_passes("tiny-default --target ort", &run(&out, Some(&fixture("tiny-default"))));
+    // GroupQueryAttention runs on ONNX Runtime only.
+    let mut shared = target_ort.clone();
+    shared.graph.precision.kv_cache = KvCache::Shared;
+    let (_tmp, out) = export_fixture("tiny-default", &shared);
+    let ort: Vec<BackendKind> = backends().into_iter().filter(|k| *k == BackendKind::Ort).collect();
+    let report = verify(&out, &options_for(&fixture("tiny-default"), ort)).unwrap();
+    assert_passes("tiny-default --kv-cache shared", &report);
     // The other layouts: verify finds onnx/model.onnx (transformers.js) and its external data.
     for layout in [Layout::Genai, Layout::TransformersJs] {
         let options = ExportOptions { layout, external_data: ExternalData::Always, ..Default::default() };

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, Part, Precision, Quantize, Target, Task};
+use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, KvCache, Part, Precision, Quantize, Target, Task};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_compiler::{ExportOptions, Progress, export};
@@ -104,6 +104,15 @@ pub struct ExportArgs {
     #[arg(long, value_parser = choice::<Target>(), default_value_t = Target::Portable)]
     pub target: Target,
 
+    /// How the graph keeps the key/value cache: `concat` (present = past + new keys, any runtime)
+    /// or `shared` (with `--target ort`: ONNX Runtime's GroupQueryAttention appends the new keys
+    /// and values into the past buffer when the caller binds one buffer as both past and present,
+    /// as onnxruntime-genai's past_present_share_buffer and `gpt2c generate`/`serve` do). Same
+    /// inputs and outputs; each row's length is its attention mask's last set position, so left and
+    /// right padding both work and rows of one batch may differ in length. ONNX Runtime only.
+    #[arg(long, value_parser = choice::<KvCache>(), default_value_t = KvCache::Concat)]
+    pub kv_cache: KvCache,
+
     /// Where the weights go: `auto` writes one model.onnx_data file beside model.onnx only when
     /// the model would pass protobuf's 2 GiB limit; `always` and `never` force the choice.
     #[arg(long, value_parser = choice::<ExternalData>(), default_value_t = ExternalData::Auto)]
@@ -127,6 +136,7 @@ impl ExportArgs {
             quantize: self.quantize,
             skip: self.quantize_skip.clone(),
             target: self.target,
+            kv_cache: self.kv_cache,
         };
         let opset = self.opset.unwrap_or(DEFAULT_OPSET.max(precision.min_opset()));
         let options = ExportOptions {

@@ -67,8 +67,28 @@ pub(crate) fn last_position_marker(
     if is_last_layer { b.scoped(marker, |b| b.identity(x)) } else { Ok(x) }
 }
 
-/// The marker scopes and the axis of the positions in each marked value.
-pub const LAST_POSITION_MARKERS: [(&str, i64); 3] = [("query_rows", 1), ("mask_rows", 2), ("residual_rows", 1)];
+/// The marker scopes and the axis of the positions in each marked value. Blocks whose attention
+/// takes every position's query (GroupQueryAttention) mark its output rows (`context_rows`)
+/// instead of the query and mask rows.
+pub const LAST_POSITION_MARKERS: [(&str, i64); 4] =
+    [("query_rows", 1), ("mask_rows", 2), ("residual_rows", 1), ("context_rows", 1)];
+
+/// What ONNX Runtime's GroupQueryAttention reads of the attention mask: each row's last position
+/// whose mask is set (`seqlens_k`, int32 `[batch]`: the row's keys are positions 0 to it) and the
+/// mask's width (`total_sequence_length`, an int32 scalar). Taking the last set position rather
+/// than the count of set positions (onnxruntime-genai's `ReduceSum - 1`) keeps left padding
+/// right: its zeros come first, so the last position is the row's last token either way, and the
+/// additive mask hides the padding as in every other graph.
+pub fn cache_lengths(b: &mut GraphBuilder, attention_mask: ValueId) -> Result<(ValueId, ValueId), GraphError> {
+    let total = b.dim_of(attention_mask, 1)?;
+    let (zero, one) = (b.scalar_i64(0)?, b.scalar_i64(1)?);
+    let slots = b.range(zero, total, one)?;
+    let set = b.cast(attention_mask, DType::Bool)?;
+    let set = b.cast(set, DType::I64)?;
+    let marked = b.mul(set, slots)?;
+    let last = b.reduce(true, marked, &[1], false)?;
+    Ok((b.cast(last, DType::I32)?, b.cast(total, DType::I32)?))
+}
 
 /// The factor on `q · kᵀ` in layer `layer` (0-based).
 pub(crate) fn score_scale(c: &crate::checkpoint::Gpt2Config, layer: usize) -> f64 {
@@ -94,7 +114,7 @@ pub(crate) fn self_attention(
     mask_bias: ValueId,
 ) -> Result<(ValueId, (ValueId, ValueId)), BuildError> {
     let c = ctx.c;
-    let (q, k, v, mask_bias) = query_key_value(b, ctx, layer, scope, x, mask_bias)?;
+    let (q, k, v, mask_bias) = query_key_value(b, ctx, layer, scope, x, mask_bias, true)?;
     let q = split_heads(b, c, q)?;
     let (k, v) = (split_heads(b, c, k)?, split_heads(b, c, v)?);
     let (key, value, present) = with_cache(b, ctx, k, v, past)?;
@@ -104,7 +124,7 @@ pub(crate) fn self_attention(
 }
 
 /// `c_attn` split into `[B, S, E]` query, key and value, with the last layer's query and mask
-/// rows marked for the generation specialization; returns (q, k, v, mask bias).
+/// rows marked for the generation specialization when `mark_rows`; returns (q, k, v, mask bias).
 pub(crate) fn query_key_value(
     b: &mut GraphBuilder,
     ctx: &Ctx<'_>,
@@ -112,6 +132,7 @@ pub(crate) fn query_key_value(
     scope: &str,
     x: ValueId,
     mask_bias: ValueId,
+    mark_rows: bool,
 ) -> Result<(ValueId, ValueId, ValueId, ValueId), BuildError> {
     let c = ctx.c;
     let e = c.n_embd as i64;
@@ -119,7 +140,7 @@ pub(crate) fn query_key_value(
     let parts = b.split(qkv, -1, &[e, e, e])?;
     let [q, k, v] = <[ValueId; 3]>::try_from(parts)
         .map_err(|_| GraphError { at: scope.into(), message: "c_attn split did not give q, k, v".into() })?;
-    let last = layer + 1 == c.n_layer;
+    let last = mark_rows && layer + 1 == c.n_layer;
     let q = last_position_marker(b, "query_rows", q, last)?;
     let mask_bias = last_position_marker(b, "mask_rows", mask_bias, last)?;
     Ok((q, k, v, mask_bias))

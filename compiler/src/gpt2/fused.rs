@@ -15,6 +15,11 @@
 //! the final LayerNorm `ln_f`. Activations other than the tanh GELU family add
 //! their bias and run as in the portable graph.
 //!
+//! With `--kv-cache shared` the Attention node is `com.microsoft.GroupQueryAttention` instead,
+//! fed each row's length from the attention mask ([`attention::cache_lengths`]) and the same
+//! additive mask: it appends the new keys and values into the past buffer when the caller binds
+//! one buffer as past and present.
+//!
 //! Fused blocks need the f32 compute type (the quantized formats keep f32
 //! activations too); with `--dtype fp16` the ORT target keeps the portable blocks.
 
@@ -30,13 +35,21 @@ pub fn applies(p: &Precision) -> bool {
     p.target == Target::Ort && p.compute() == DType::F32
 }
 
+/// What every layer's attention reads besides its input: the additive mask and, for
+/// GroupQueryAttention (`--kv-cache shared`), each row's last position and the mask's width.
+#[derive(Clone, Copy)]
+pub(crate) struct AttentionInputs {
+    pub mask_bias: ValueId,
+    pub lengths: Option<(ValueId, ValueId)>,
+}
+
 /// The transformer blocks and the final LayerNorm over the embeddings `h`; returns the final
 /// normalized hidden state and each layer's (key, value) cache.
 pub(crate) fn blocks(
     b: &mut GraphBuilder,
     ctx: &Ctx<'_>,
     mut h: ValueId,
-    mask_bias: ValueId,
+    inputs: AttentionInputs,
     past: &[(ValueId, ValueId)],
 ) -> Result<(ValueId, Vec<(ValueId, ValueId)>), BuildError> {
     let c = ctx.c;
@@ -45,7 +58,7 @@ pub(crate) fn blocks(
     for (i, &past) in past.iter().enumerate().take(c.n_layer) {
         let prefix = format!("h.{i}");
         let (y, bias, present) = b.scoped(&prefix, |b| {
-            b.scoped("attn", |b| attention(b, ctx, i, &format!("{prefix}.attn"), x, past, mask_bias))
+            b.scoped("attn", |b| self_attention(b, ctx, i, &format!("{prefix}.attn"), x, past, inputs))
         })?;
         let h_rows = b.scoped(&prefix, |b| last_position_marker(b, "residual_rows", h, i + 1 == c.n_layer))?;
         let (x2, h2) = b.scoped(&prefix, |b| skip_layer_norm(b, ctx, &format!("{prefix}.ln_2"), y, h_rows, bias))?;
@@ -93,23 +106,38 @@ fn skip_layer_norm(
     })
 }
 
-/// Self-attention through the opset-23 Attention op; returns `c_proj`'s product without its bias,
-/// the bias, and the layer's (key, value) cache.
-fn attention(
+/// Self-attention through the opset-23 Attention op (GroupQueryAttention with `--kv-cache
+/// shared`); returns `c_proj`'s product without its bias, the bias, and the layer's (key, value)
+/// cache.
+fn self_attention(
     b: &mut GraphBuilder,
     ctx: &Ctx<'_>,
     layer: usize,
     scope: &str,
     x: ValueId,
     past: (ValueId, ValueId),
-    mask_bias: ValueId,
+    inputs: AttentionInputs,
 ) -> Result<(ValueId, ValueId, (ValueId, ValueId)), BuildError> {
     let c = ctx.c;
-    let (q, k, v, mask_bias) = query_key_value(b, ctx, layer, scope, x, mask_bias)?;
-    let op = Op::Attention { heads: c.n_head as i64, scale: score_scale(c, layer) as f32 };
-    let outs = b.node(op, &[q, k, v, mask_bias, past.0, past.1])?;
+    let (heads, scale) = (c.n_head as i64, score_scale(c, layer) as f32);
+    let last = layer + 1 == c.n_layer;
+    let (op, node_inputs) = match inputs.lengths {
+        // GroupQueryAttention takes every position's query (its keys come with them), so the last
+        // layer's rows are sliced after it.
+        Some((seqlens, total)) => {
+            let (q, k, v, bias) = query_key_value(b, ctx, layer, scope, x, inputs.mask_bias, false)?;
+            (Op::GroupQueryAttention { heads, scale }, vec![q, k, v, past.0, past.1, seqlens, total, bias])
+        }
+        None => {
+            let (q, k, v, bias) = query_key_value(b, ctx, layer, scope, x, inputs.mask_bias, true)?;
+            (Op::Attention { heads, scale }, vec![q, k, v, bias, past.0, past.1])
+        }
+    };
+    let marks_context = inputs.lengths.is_some();
+    let outs = b.node(op, &node_inputs)?;
     let [y, key, value] = <[ValueId; 3]>::try_from(outs)
         .map_err(|_| GraphError { at: scope.into(), message: "Attention has three outputs".into() })?;
+    let y = last_position_marker(b, "context_rows", y, marks_context && last)?;
     let (out, bias) = conv1d_unbiased(b, ctx, &format!("{scope}.c_proj"), Part::Attn, y, c.n_embd, c.n_embd)?;
     Ok((out, bias, (key, value)))
 }

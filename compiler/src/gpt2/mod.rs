@@ -18,7 +18,7 @@ pub mod random_init;
 pub mod task;
 
 pub use linear::single_linear_graph;
-pub use precision::{FloatType, Part, Precision, PrecisionError, Quantize, Target};
+pub use precision::{FloatType, KvCache, Part, Precision, PrecisionError, Quantize, Target};
 pub use task::Task;
 
 use crate::checkpoint::{Checkpoint, WeightError, Weights};
@@ -142,8 +142,22 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
         }
         None => None,
     };
+    let shared_cache = p.kv_cache == KvCache::Shared;
+    if shared_cache && (!task.with_past() || cross.is_some()) {
+        return Err(BuildError::Task(format!(
+            "--kv-cache shared keeps a cache of self-attention: it needs a task with past key/values \
+             (text-generation-with-past, feature-extraction-with-past) and no cross-attention, not {task}{}",
+            if cross.is_some() { " with add_cross_attention" } else { "" }
+        )));
+    }
     let (h, presents, cross_presents) = if fused::applies(p) && task.with_past() && cross.is_none() {
-        let (h, presents) = fused::blocks(&mut b, &ctx, h, mask, &io.past)?;
+        let lengths = if shared_cache {
+            Some(b.scoped("attention_mask", |b| attention::cache_lengths(b, attention_mask))?)
+        } else {
+            None
+        };
+        let inputs = fused::AttentionInputs { mask_bias: mask, lengths };
+        let (h, presents) = fused::blocks(&mut b, &ctx, h, inputs, &io.past)?;
         (h, presents, Vec::new())
     } else {
         portable_blocks(&mut b, &ctx, h, mask, &io.past, cross.as_ref())?

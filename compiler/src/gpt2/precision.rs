@@ -21,6 +21,7 @@ crate::named::named_enum!(Quantize, "quantization", {
     Int4 => "int4",
 });
 crate::named::named_enum!(Target, "target", { Portable => "portable", Ort => "ort" });
+crate::named::named_enum!(KvCache, "key/value cache", { Concat => "concat", Shared => "shared" });
 
 impl FloatType {
     pub fn dtype(self) -> DType {
@@ -56,6 +57,20 @@ pub enum Target {
     Ort,
 }
 
+/// How the graph keeps the key/value cache (`--kv-cache`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvCache {
+    /// `present = Concat(past, new)`: any runtime, any padding; each step writes a new cache.
+    #[default]
+    Concat,
+    /// ONNX Runtime's `com.microsoft.GroupQueryAttention` per layer: the new keys and values are
+    /// written into the past buffer itself when the caller binds one buffer as both `past` and
+    /// `present` (a preallocated capacity, as onnxruntime-genai's `past_present_share_buffer`
+    /// does); each row's length is the last position its attention mask marks, so rows of one
+    /// batch may differ in length. Needs `--target ort` with fp32 compute.
+    Shared,
+}
+
 /// Parts of the model quantization can skip (`--quantize-skip`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -89,6 +104,10 @@ pub enum PrecisionError {
     QuantizedFp16,
     #[error("--io-dtype fp16 needs --dtype fp16")]
     Fp16IoNeedsFp16,
+    #[error(
+        "--kv-cache shared needs --target ort with fp32 compute (it is ONNX Runtime's GroupQueryAttention in the fused blocks)"
+    )]
+    SharedCacheNeedsOrt,
     #[error("--opset {opset}: {needs} needs opset {min} or later")]
     OpsetTooLow { opset: i64, min: i64, needs: &'static str },
 }
@@ -102,6 +121,7 @@ pub struct Precision {
     pub quantize: Quantize,
     pub skip: Vec<Part>,
     pub target: Target,
+    pub kv_cache: KvCache,
 }
 
 impl Precision {
@@ -112,6 +132,9 @@ impl Precision {
         }
         if self.io_dtype == FloatType::Fp16 && self.dtype != FloatType::Fp16 {
             return Err(PrecisionError::Fp16IoNeedsFp16);
+        }
+        if self.kv_cache == KvCache::Shared && (self.target != Target::Ort || self.compute() != DType::F32) {
+            return Err(PrecisionError::SharedCacheNeedsOrt);
         }
         Ok(())
     }

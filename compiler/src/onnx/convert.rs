@@ -75,7 +75,16 @@ pub fn graph_skeleton(graph: &Graph) -> (pb::GraphProto, Vec<pb::TensorProto>) {
         .nodes
         .iter()
         .map(|n| pb::NodeProto {
-            input: n.inputs.iter().map(|&i| name(i)).collect(),
+            input: match n.op.input_positions() {
+                Some(positions) => {
+                    let mut names = vec![String::new(); positions.iter().max().map_or(0, |&m| m + 1)];
+                    for (&at, &i) in positions.iter().zip(&n.inputs) {
+                        names[at] = name(i);
+                    }
+                    names
+                }
+                None => n.inputs.iter().map(|&i| name(i)).collect(),
+            },
             output: n.outputs.iter().enumerate().map(|(i, &o)| output_name(n, i, o)).collect(),
             name: Some(n.name.clone()),
             op_type: Some(n.op.op_type().to_string()),

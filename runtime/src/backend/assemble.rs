@@ -65,6 +65,103 @@ pub fn assemble_rows<T: Copy + Default>(
     Ok(())
 }
 
+/// Cache rows `stride` positions apart (a buffer with room for more positions than it holds):
+/// `[rows, heads, stride, head_dim]`, row-major.
+#[derive(Clone, Copy)]
+pub struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub stride: usize,
+}
+
+/// Sizes of the rows [`copy_rows_left`] and [`move_rows_left`] copy.
+#[derive(Clone, Copy, Debug)]
+pub struct RowShape {
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Positions per row in the destination (its row stride).
+    pub stride: usize,
+    /// Positions copied from the start of each row.
+    pub width: usize,
+}
+
+impl RowShape {
+    fn row_len(&self) -> Option<usize> {
+        self.heads.checked_mul(self.stride)?.checked_mul(self.head_dim)
+    }
+}
+
+/// Left-aligned copies between buffers: for each `(from, to)`, row `to` of `dst` (rows
+/// `shape.stride` positions apart) gets the first `min(shape.width, src.stride)` positions of row
+/// `from` of `src`; the rest of the row is left as it is. Refuses rows outside either buffer.
+pub fn copy_rows_left<T: Copy>(
+    src: Strided<'_, T>,
+    dst: &mut [T],
+    pairs: &[(usize, usize)],
+    shape: RowShape,
+) -> Result<(), RuntimeError> {
+    let RowShape { heads, head_dim, stride, width } = shape;
+    let keep = width.min(src.stride).min(stride);
+    let src_row = heads.checked_mul(src.stride).and_then(|x| x.checked_mul(head_dim));
+    let dst_row = shape.row_len().ok_or_else(|| err("cache size overflows".into()))?;
+    if src_row.and_then(|r| r.checked_mul(src.rows)).is_none_or(|need| src.data.len() < need) {
+        return Err(err(format!("a source of {} values cannot hold {} rows", src.data.len(), src.rows)));
+    }
+    if let Some(&(from, to)) =
+        pairs.iter().find(|&&(f, t)| f >= src.rows || (t + 1).saturating_mul(dst_row) > dst.len())
+    {
+        return Err(err(format!("row {from} → row {to} is outside the cache")));
+    }
+    for &(from, to) in pairs {
+        for h in 0..heads {
+            let s = ((from * heads + h) * src.stride) * head_dim;
+            let d = ((to * heads + h) * stride) * head_dim;
+            dst[d..d + keep * head_dim].copy_from_slice(&src.data[s..s + keep * head_dim]);
+        }
+    }
+    Ok(())
+}
+
+/// Left-aligned moves inside one buffer (rows `shape.stride` positions apart): for each
+/// `(from, to)`, row `to` gets the first `shape.width` positions row `from` held before any move
+/// (sources may repeat, destinations may be sources of other moves). Rows read after being
+/// written are set aside first, so only rows that move are copied.
+pub fn move_rows_left<T: Copy>(buf: &mut [T], moves: &[(usize, usize)], shape: RowShape) -> Result<(), RuntimeError> {
+    let RowShape { heads, head_dim, stride, width } = shape;
+    let width = width.min(stride);
+    let row_len = shape.row_len().ok_or_else(|| err("cache size overflows".into()))?;
+    if let Some(&(from, to)) = moves.iter().find(|&&(f, t)| (f.max(t) + 1).saturating_mul(row_len) > buf.len()) {
+        return Err(err(format!("row {from} → row {to} is outside the cache")));
+    }
+    let moving: Vec<(usize, usize)> = moves.iter().copied().filter(|(f, t)| f != t).collect();
+    let written: std::collections::HashSet<usize> = moving.iter().map(|&(_, t)| t).collect();
+    let head_len = width * head_dim;
+    let mut aside: std::collections::HashMap<usize, Vec<T>> = std::collections::HashMap::new();
+    for &(from, _) in &moving {
+        if written.contains(&from) && !aside.contains_key(&from) {
+            let mut copy = Vec::with_capacity(heads * head_len);
+            for h in 0..heads {
+                let s = (from * heads + h) * stride * head_dim;
+                copy.extend_from_slice(&buf[s..s + head_len]);
+            }
+            aside.insert(from, copy);
+        }
+    }
+    for &(from, to) in &moving {
+        for h in 0..heads {
+            let d = (to * heads + h) * stride * head_dim;
+            match aside.get(&from) {
+                Some(copy) => buf[d..d + head_len].copy_from_slice(&copy[h * head_len..(h + 1) * head_len]),
+                None => buf.copy_within(
+                    (from * heads + h) * stride * head_dim..(from * heads + h) * stride * head_dim + head_len,
+                    d,
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`assemble_rows`] over host tensors of one float type, each `[rows, heads, width, head_dim]`.
 pub fn assemble_host(parts: &[&HostTensor], sources: &[RowSource], width: usize) -> Result<HostTensor, RuntimeError> {
     let dims = |t: &HostTensor| match t.shape[..] {
@@ -177,6 +274,45 @@ mod tests {
         assert!(assemble_rows(&parts, &[src(0, 0)], 1, 2, 2, &mut out).is_err());
         let short = [Part { data: &a[..5], rows: 1, width: 3 }];
         assert!(assemble_rows(&short, &[src(0, 0)], 1, 2, 3, &mut out).is_err());
+    }
+
+    #[test]
+    fn left_aligned_copies_keep_each_rows_start() {
+        // 2 rows × 2 heads × stride 3 × dim 1; copy 2 positions into a buffer of stride 4.
+        let src: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let mut dst = vec![-1.0; 3 * 2 * 4];
+        let shape = RowShape { heads: 2, head_dim: 1, stride: 4, width: 2 };
+        copy_rows_left(Strided { data: &src, rows: 2, stride: 3 }, &mut dst, &[(1, 0), (0, 2)], shape).unwrap();
+        #[rustfmt::skip]
+        assert_eq!(dst, vec![
+            6.0, 7.0, -1.0, -1.0, 9.0, 10.0, -1.0, -1.0,
+            -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0,
+            0.0, 1.0, -1.0, -1.0, 3.0, 4.0, -1.0, -1.0,
+        ]);
+        assert!(copy_rows_left(Strided { data: &src, rows: 2, stride: 3 }, &mut dst, &[(2, 0)], shape).is_err());
+        assert!(copy_rows_left(Strided { data: &src, rows: 2, stride: 3 }, &mut dst, &[(0, 3)], shape).is_err());
+    }
+
+    #[test]
+    fn moves_in_place_read_every_source_before_it_is_overwritten() {
+        // 4 rows × 1 head × stride 2 × dim 1, rows hold [10r, 10r + 1].
+        let start: Vec<f32> = (0..4).flat_map(|r| [10.0 * r as f32, 10.0 * r as f32 + 1.0]).collect();
+        let shape = RowShape { heads: 1, head_dim: 1, stride: 2, width: 2 };
+        // A rotation, a duplicate and a row left in place, against a copy made through a second buffer.
+        let moves = [(3, 0), (0, 1), (1, 2), (1, 3)];
+        let mut buf = start.clone();
+        move_rows_left(&mut buf, &moves, shape).unwrap();
+        let mut want = start.clone();
+        for &(from, to) in &moves {
+            want[to * 2..to * 2 + 2].copy_from_slice(&start[from * 2..from * 2 + 2]);
+        }
+        assert_eq!(buf, want);
+        assert_eq!(buf, vec![30.0, 31.0, 0.0, 1.0, 10.0, 11.0, 10.0, 11.0]);
+        // Width 1 moves the first position only.
+        let mut buf = start.clone();
+        move_rows_left(&mut buf, &[(2, 0)], RowShape { width: 1, ..shape }).unwrap();
+        assert_eq!(&buf[..2], &[20.0, 1.0]);
+        assert!(move_rows_left(&mut buf, &[(4, 0)], shape).is_err());
     }
 
     #[test]

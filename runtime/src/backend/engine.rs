@@ -49,6 +49,21 @@ pub struct RowSource {
     pub row: usize,
 }
 
+/// How the rows of one cache line up when their lengths differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Alignment {
+    /// Every row ends at the cache's last position; shorter rows are left-padded with positions
+    /// their attention mask hides. Any graph works this way: rows that join or leave a batch
+    /// rebuild the cache.
+    #[default]
+    Right,
+    /// Every row starts at position 0 and keeps its own length, which the graph reads from the
+    /// row's attention mask (its last set position): the new positions of a step land at each
+    /// row's own end. Exports with `--kv-cache shared`: rows join and leave a batch without
+    /// moving the others.
+    Left,
+}
+
 /// A cache handed to [`Engine::assemble`]: its tensors, and how many rows and past positions they hold.
 pub struct CachePart<V> {
     pub cache: Vec<V>,
@@ -81,9 +96,11 @@ pub trait Engine {
     /// The cache whose row `i` is row `rows[i]` of `cache` (rows may repeat): beam reordering.
     fn select_rows(&mut self, cache: &[Self::Value], rows: &[usize]) -> Result<Vec<Self::Value>, RuntimeError>;
     /// A cache of `sources.len()` rows and `width` past positions made of rows of `parts` (rows
-    /// may repeat), each right-aligned: its last `min(width, part.width)` positions at the end,
-    /// zeros before them, which the caller's attention mask hides. Joining rows of different
-    /// lengths into one batch, dropping finished rows, trimming padding every row shares.
+    /// may repeat), aligned as [`alignment`](Engine::alignment) says: right-aligned, a row's last
+    /// `min(width, part.width)` positions at the end and zeros before them, which the caller's
+    /// attention mask hides; left-aligned, its first `min(width, part.width)` positions at the
+    /// start. Joining rows of different lengths into one batch, dropping finished rows, trimming
+    /// padding every row shares.
     fn assemble(
         &mut self,
         parts: Vec<CachePart<Self::Value>>,
@@ -99,6 +116,10 @@ pub trait Engine {
     fn release(&mut self, _cache: Vec<Self::Value>) {}
     /// Whether the graph computes last-position logits only.
     fn last_logits_only(&self) -> bool;
+    /// How rows of different lengths share a cache.
+    fn alignment(&self) -> Alignment {
+        Alignment::Right
+    }
     /// Forgets any cache state the engine keeps itself.
     fn reset(&mut self) {}
 }

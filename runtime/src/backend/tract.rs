@@ -27,6 +27,15 @@ fn tract_err(e: impl std::fmt::Display) -> RuntimeError {
 impl TractRunner {
     pub fn load(model: &Path, options: &RunnerOptions) -> Result<TractRunner, RuntimeError> {
         options.validate()?;
+        if crate::specialize::gpt2c_kv_cache(model).as_deref() == Some("shared") {
+            return Err(RuntimeError::Load {
+                path: model.into(),
+                message: "exported with --kv-cache shared: its attention is ONNX Runtime's \
+                          com.microsoft.GroupQueryAttention, which tract does not run; use --backend ort, or \
+                          re-export with --kv-cache concat for tract"
+                    .into(),
+            });
+        }
         let load = |e: TractError| RuntimeError::Load { path: model.into(), message: format!("{e:#}") };
         let onnx = tract_onnx::onnx();
         let edits = crate::specialize::Edits {

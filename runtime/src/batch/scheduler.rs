@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use super::prefix::PrefixCache;
 use super::{BatchOptions, Msg, Reply, Stats, Step};
 use crate::backend::RuntimeError;
-use crate::backend::engine::{CachePart, CacheShape, Engine, RowSource, TokenInputs};
+use crate::backend::engine::{Alignment, CachePart, CacheShape, Engine, RowSource, TokenInputs};
 use crate::session::Logits;
 
 /// Where a member's rows are.
@@ -260,6 +260,9 @@ impl<E: Engine> Scheduler<E> {
             step.input_ids[r * seq..(r + 1) * seq].iter().map(|&t| u32::try_from(t).unwrap_or(u32::MAX)).collect()
         };
         let cacheable = u == 1 && all_ones(unique[0]) && self.options.prefix_cache_bytes > 0;
+        // A left-aligned engine (GroupQueryAttention) extends a cache by several positions one row
+        // at a time: prompts of several distinct rows are prefilled in one pass.
+        let whole = u > 1 && self.engine.alignment() == Alignment::Left;
         if cache.is_none() {
             let shape = [u, self.shape.n_head, 0, self.shape.head_dim];
             let empty = (0..2 * self.shape.n_layer).map(|_| self.engine.empty(&shape)).collect::<Result<_, _>>()?;
@@ -281,7 +284,7 @@ impl<E: Engine> Scheduler<E> {
             }
             *cache = Some(start);
         }
-        let chunk = self.options.prefill_chunk.min(seq - *done);
+        let chunk = if whole { seq - *done } else { self.options.prefill_chunk.min(seq - *done) };
         let end = *done + chunk;
         let pick = |data: &[i64], width: usize, from: usize, to: usize| -> Vec<i64> {
             unique.iter().flat_map(|&r| data[r * width + from..r * width + to].iter().copied()).collect()
@@ -376,41 +379,44 @@ impl<E: Engine> Scheduler<E> {
         }
     }
 
-    /// Lays out the batch as `participants` in order, each member's rows contiguous and
-    /// right-aligned to the longest member's positions; a no-op when nothing moved.
+    /// Lays out the batch for `participants` (in this order), rows aligned as the engine aligns
+    /// them (the longest member's positions set the width); a no-op when nothing moved.
+    ///
+    /// Right-aligned, each member's rows are contiguous, in order: every row is copied anyway.
+    /// Left-aligned (each row keeps its own length), rows already in the batch stay where they are
+    /// and rows that join or must move (a beam duplicated by reordering, a row past the new end)
+    /// fill the places rows that left have freed, so joining and leaving copy only those rows.
     fn rebuild(&mut self, participants: &[u64]) -> Result<(), RuntimeError> {
         let width = participants.iter().map(|id| self.members[id].past).max().unwrap_or(0);
-        let mut sources = Vec::new();
         let mut parts: Vec<CachePart<E::Value>> = Vec::new();
         let batch_part = self.batch.take();
         let old = batch_part.as_ref().map(|b| (b.rows, b.width));
         if let Some(b) = batch_part {
             parts.push(b);
         }
-        let mut next = 0;
-        let mut layout: Vec<(u64, Vec<usize>)> = Vec::with_capacity(participants.len());
+        // Each member row's source, in participant order.
+        let mut wanted: Vec<(u64, Vec<RowSource>)> = Vec::with_capacity(participants.len());
         for &id in participants {
             let member = self.members.get_mut(&id).ok_or_else(|| input("batch", "no such member".into()))?;
             let phase = std::mem::replace(&mut member.phase, Phase::Waiting);
             let rows = match phase {
-                Phase::Batched { at } if old.is_some() => {
-                    sources.extend(at.iter().map(|&row| RowSource { part: 0, row }));
-                    at.len()
-                }
+                Phase::Batched { at } if old.is_some() => at.iter().map(|&row| RowSource { part: 0, row }).collect(),
                 Phase::Ready { part, map } => {
                     let p = parts.len();
-                    sources.extend(map.iter().map(|&row| RowSource { part: p, row }));
                     parts.push(part);
-                    map.len()
+                    map.iter().map(|&row| RowSource { part: p, row }).collect()
                 }
                 other => {
                     member.phase = other;
                     return Err(input("batch", "a member joined the batch before its prefill".into()));
                 }
             };
-            layout.push((id, (next..next + rows).collect()));
-            next += rows;
+            wanted.push((id, rows));
         }
+        let (sources, layout) = match self.engine.alignment() {
+            Alignment::Right => contiguous_layout(&wanted),
+            Alignment::Left => stable_layout(&wanted),
+        };
         let unchanged = parts.len() == 1
             && old == Some((sources.len(), width))
             && sources.iter().enumerate().all(|(i, s)| s.part == 0 && s.row == i);
@@ -442,18 +448,25 @@ impl<E: Engine> Scheduler<E> {
         let batch = self.batch.take().ok_or_else(|| input("batch", "no cache".into()))?;
         let (rows, width) = (batch.rows, batch.width);
         let total = width + 1;
-        let mut ids = Vec::with_capacity(rows);
-        let mut mask = Vec::with_capacity(rows * total);
-        let mut positions = Vec::with_capacity(rows);
+        // Batch row by batch row: its token, position and mask (the member's own mask, padded
+        // before it when rows are right-aligned, after it when each row keeps its own length).
+        let mut ids = vec![0; rows];
+        let mut mask = vec![0; rows * total];
+        let mut positions = vec![0; rows];
+        let left = self.engine.alignment() == Alignment::Left;
         for id in participants {
             let m = &self.members[id];
             let (step, _) = m.pending.as_ref().ok_or_else(|| input("batch", "no pending step".into()))?;
+            let Phase::Batched { at } = &m.phase else { return Err(input("batch", "a member is not batched".into())) };
             let own = m.past + 1;
-            for r in 0..step.rows {
-                ids.push(step.input_ids[r]);
-                positions.push(step.position_ids[r]);
-                mask.extend(std::iter::repeat_n(0, total - own));
-                mask.extend_from_slice(&step.attention_mask[r * own..(r + 1) * own]);
+            if at.len() != step.rows || own > total || at.iter().any(|&b| b >= rows) {
+                return Err(input("batch", format!("a member's {} rows do not fit the batch", step.rows)));
+            }
+            for (r, &b) in at.iter().enumerate() {
+                ids[b] = step.input_ids[r];
+                positions[b] = step.position_ids[r];
+                let start = if left { b * total } else { b * total + total - own };
+                mask[start..start + own].copy_from_slice(&step.attention_mask[r * own..(r + 1) * own]);
             }
         }
         let inputs =
@@ -484,5 +497,85 @@ impl<E: Engine> Scheduler<E> {
             }
         }
         Ok(())
+    }
+}
+
+/// Each member's rows contiguous, in participant order: the sources of the new rows and where
+/// each member's rows go.
+#[allow(clippy::type_complexity)]
+fn contiguous_layout(wanted: &[(u64, Vec<RowSource>)]) -> (Vec<RowSource>, Vec<(u64, Vec<usize>)>) {
+    let mut sources = Vec::new();
+    let mut layout = Vec::with_capacity(wanted.len());
+    for (id, rows) in wanted {
+        layout.push((*id, (sources.len()..sources.len() + rows.len()).collect()));
+        sources.extend_from_slice(rows);
+    }
+    (sources, layout)
+}
+
+/// Rows of the old batch (part 0) stay in place when they still fit and no other row claimed the
+/// place; every other row (joining, duplicated, past the new end) fills a free place, lowest
+/// first. Returns the sources of the new rows and where each member's rows go.
+#[allow(clippy::type_complexity)]
+fn stable_layout(wanted: &[(u64, Vec<RowSource>)]) -> (Vec<RowSource>, Vec<(u64, Vec<usize>)>) {
+    let total: usize = wanted.iter().map(|(_, rows)| rows.len()).sum();
+    let mut placed: Vec<Option<RowSource>> = vec![None; total];
+    let mut layout: Vec<(u64, Vec<Option<usize>>)> =
+        wanted.iter().map(|(id, rows)| (*id, vec![None; rows.len()])).collect();
+    for (m, (_, rows)) in wanted.iter().enumerate() {
+        for (j, s) in rows.iter().enumerate() {
+            if s.part == 0 && s.row < total && placed[s.row].is_none() {
+                placed[s.row] = Some(*s);
+                layout[m].1[j] = Some(s.row);
+            }
+        }
+    }
+    let mut free = (0..total).filter(|&i| placed[i].is_none()).collect::<Vec<_>>().into_iter();
+    for (m, (_, rows)) in wanted.iter().enumerate() {
+        for (j, s) in rows.iter().enumerate() {
+            if layout[m].1[j].is_none()
+                && let Some(at) = free.next()
+            {
+                placed[at] = Some(*s);
+                layout[m].1[j] = Some(at);
+            }
+        }
+    }
+    // Every row found a place: as many places as rows.
+    let sources = placed.into_iter().flatten().collect();
+    let layout = layout.into_iter().map(|(id, at)| (id, at.into_iter().flatten().collect())).collect();
+    (sources, layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(part: usize, row: usize) -> RowSource {
+        RowSource { part, row }
+    }
+
+    #[test]
+    fn stable_layout_moves_only_rows_that_must_move() {
+        // Old batch rows 0..5; member 1 (rows 0, 1) left; member 2 keeps rows 2, 3; member 3's
+        // beams reordered to old rows 4, 4; member 4 joins with two rows of part 1.
+        let wanted =
+            vec![(2, vec![src(0, 2), src(0, 3)]), (3, vec![src(0, 4), src(0, 4)]), (4, vec![src(1, 0), src(1, 1)])];
+        let (sources, layout) = stable_layout(&wanted);
+        assert_eq!(sources, vec![src(0, 4), src(1, 0), src(0, 2), src(0, 3), src(0, 4), src(1, 1)]);
+        assert_eq!(layout, vec![(2, vec![2, 3]), (3, vec![4, 0]), (4, vec![1, 5])]);
+        // Nothing moved: identity.
+        let same = vec![(7, vec![src(0, 0), src(0, 1)]), (8, vec![src(0, 2)])];
+        let (sources, layout) = stable_layout(&same);
+        assert_eq!(sources, vec![src(0, 0), src(0, 1), src(0, 2)]);
+        assert_eq!(layout, vec![(7, vec![0, 1]), (8, vec![2])]);
+    }
+
+    #[test]
+    fn contiguous_layout_keeps_members_in_order() {
+        let wanted = vec![(1, vec![src(0, 3)]), (2, vec![src(1, 0), src(1, 0)])];
+        let (sources, layout) = contiguous_layout(&wanted);
+        assert_eq!(sources, vec![src(0, 3), src(1, 0), src(1, 0)]);
+        assert_eq!(layout, vec![(1, vec![0]), (2, vec![1, 2])]);
     }
 }

@@ -284,6 +284,37 @@ pub fn infer(op: &Op, inputs: &[InferInput<'_>]) -> Result<Inferred, String> {
             let present = ValueType::new(q.dtype, present);
             Ok(vec![(q.clone(), None), (present.clone(), None), (present, None)])
         }
+        Op::GroupQueryAttention { heads, .. } => {
+            let (q, past_k) = (ty(0), ty(3));
+            same_dtype(op, &[q, ty(1), ty(2), past_k, ty(4), ty(7)])?;
+            if q.rank() != 3 || past_k.rank() != 4 || ty(4).shape != past_k.shape {
+                return Err(format!("GroupQueryAttention expects 3-D Q, K, V and 4-D past, got {q} and {past_k}"));
+            }
+            let width = q.shape[2].as_fixed();
+            let head_dim = past_k.shape[3].as_fixed();
+            if past_k.shape[1].as_fixed() != Some(*heads) || width != head_dim.map(|d| d * heads) {
+                return Err(format!("GroupQueryAttention with {heads} heads: Q {q} does not fit past {past_k}"));
+            }
+            if ty(1).shape != q.shape || ty(2).shape != q.shape {
+                return Err(format!("GroupQueryAttention's K and V must be shaped as Q {q}"));
+            }
+            expect_dtype(op, ty(5), DType::I32)?;
+            expect_dtype(op, ty(6), DType::I32)?;
+            if ty(5).rank() != 1 || ty(6).rank() != 0 || ty(7).rank() != 4 {
+                return Err(format!(
+                    "GroupQueryAttention expects seqlens_k [batch], a scalar total length and a 4-D bias, got {}, {} and {}",
+                    ty(5),
+                    ty(6),
+                    ty(7)
+                ));
+            }
+            // Without a shared buffer the cache grows by the new positions (with one, the
+            // present is the past buffer, whose capacity the caller chose).
+            let mut present = past_k.shape.clone();
+            present[2] = present[2].add(&q.shape[1]);
+            let present = ValueType::new(q.dtype, present);
+            Ok(vec![(q.clone(), None), (present.clone(), None), (present, None)])
+        }
         Op::SkipLayerNormalization { .. } => {
             let x = ty(0);
             same_dtype(op, &[x, ty(1), ty(2), ty(3), ty(4)])?;

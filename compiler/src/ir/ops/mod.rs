@@ -118,6 +118,15 @@ pub enum Op {
     },
     /// `com.microsoft`: the tanh approximation of GELU of `x + bias`.
     FastGelu,
+    /// `com.microsoft` GroupQueryAttention with as many key/value heads as query heads: inputs Q, K,
+    /// V `[B, S, heads·D]`, past key and value `[B, heads, P, D]`, `seqlens_k` (int32 `[B]`, each
+    /// row's last position), `total_sequence_length` (int32 scalar) and an additive bias
+    /// `[B, 1, S, T]` (ONNX input 10; 7–9, rotary, stay empty); outputs Y `[B, S, heads·D]` and the
+    /// present key and value (the past buffer itself when the caller binds one buffer as both).
+    GroupQueryAttention {
+        heads: i64,
+        scale: f32,
+    },
 }
 
 /// An attribute value as ONNX encodes it.
@@ -176,13 +185,17 @@ impl Op {
             Op::Attention { .. } => "Attention",
             Op::SkipLayerNormalization { .. } => "SkipLayerNormalization",
             Op::FastGelu => "FastGelu",
+            Op::GroupQueryAttention { .. } => "GroupQueryAttention",
         }
     }
 
     /// The operator's domain: the default ONNX domain, or `com.microsoft` for ONNX Runtime's contrib ops.
     pub fn domain(&self) -> &'static str {
         match self {
-            Op::MatMulNBits { .. } | Op::SkipLayerNormalization { .. } | Op::FastGelu => "com.microsoft",
+            Op::MatMulNBits { .. }
+            | Op::SkipLayerNormalization { .. }
+            | Op::FastGelu
+            | Op::GroupQueryAttention { .. } => "com.microsoft",
             _ => "",
         }
     }
@@ -193,7 +206,10 @@ impl Op {
             Op::LayerNormalization { .. } => 17,
             Op::ReduceMean { axes: None, .. } | Op::ReduceMax { axes: None, .. } => 18,
             Op::DequantizeLinear { block_size, .. } if *block_size > 0 => 21,
-            Op::MatMulNBits { .. } | Op::SkipLayerNormalization { .. } | Op::FastGelu => 1,
+            Op::MatMulNBits { .. }
+            | Op::SkipLayerNormalization { .. }
+            | Op::FastGelu
+            | Op::GroupQueryAttention { .. } => 1,
             Op::Attention { .. } => 23,
             _ => 14,
         }
@@ -249,6 +265,11 @@ impl Op {
                 ("scale", AttrValue::Float(*scale)),
             ],
             Op::SkipLayerNormalization { epsilon } => vec![("epsilon", AttrValue::Float(*epsilon))],
+            Op::GroupQueryAttention { heads, scale } => vec![
+                ("kv_num_heads", AttrValue::Int(*heads)),
+                ("num_heads", AttrValue::Int(*heads)),
+                ("scale", AttrValue::Float(*scale)),
+            ],
             _ => Vec::new(),
         }
     }
@@ -258,6 +279,15 @@ impl Op {
         match self {
             Op::SkipLayerNormalization { .. } => &[1, 2, 3],
             _ => &[],
+        }
+    }
+
+    /// The ONNX input position of each input given, for ops whose optional inputs in between stay
+    /// empty (written as empty names); `None`: inputs in order.
+    pub fn input_positions(&self) -> Option<&'static [usize]> {
+        match self {
+            Op::GroupQueryAttention { .. } => Some(&[0, 1, 2, 3, 4, 5, 6, 10]),
+            _ => None,
         }
     }
 
@@ -278,6 +308,7 @@ impl Op {
             Op::Attention { .. } => (6, 6),
             Op::SkipLayerNormalization { .. } => (5, 5),
             Op::FastGelu => (2, 2),
+            Op::GroupQueryAttention { .. } => (8, 8),
             _ => (1, 1),
         }
     }

@@ -1,31 +1,67 @@
 //! The decoding engine over ONNX Runtime: every cache buffer allocated once and bound
-//! (IoBinding), two buffer sets alternating as past and present.
+//! (IoBinding). A concatenating export alternates two buffer sets as past and present; a
+//! `--kv-cache shared` export appends into one set bound as both.
 
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorRef, TensorRefMut};
 
 use super::OrtRunner;
-use crate::backend::engine::{AllLogits, CachePart, CacheShape, Engine, RowSource, TokenInputs, cache_names};
-use crate::backend::{GraphRunner, RuntimeError, assemble};
+use crate::backend::assemble::{self, RowShape, Strided};
+use crate::backend::engine::{
+    Alignment, AllLogits, CachePart, CacheShape, Engine, RowSource, TokenInputs, cache_names,
+};
+use crate::backend::{GraphRunner, RuntimeError};
 use crate::tensor::{ElemType, HostData, HostTensor};
 
 /// The ONNX Runtime engine of a decoding session, with every cache buffer
 /// allocated once and reused (IoBinding): a pool of buffer sets, one buffer
-/// per cache tensor each. A step binds its past set as input views and a free
-/// set as output views, then frees the past set, so a lone session alternates
-/// between two sets and no step allocates; beam reordering and batch assembly
-/// are one gather pass into a free set. Logits are written into a buffer kept
-/// across steps too.
+/// per cache tensor each, and a logits buffer kept across steps.
+///
+/// A concatenating export (`present = Concat(past, new)`) reads its past set and writes a free
+/// one, so a lone session alternates between two sets. A `--kv-cache shared` export
+/// (GroupQueryAttention) gets one set bound as both past and present, with room for more
+/// positions than it holds (its capacity, the row stride): each step appends in place, and the
+/// set is copied only when it runs out of room. Such a cache is left-aligned ([`Alignment::Left`]):
+/// every row starts at position 0 and the graph reads each row's length from its attention mask,
+/// so rows of different lengths share one batch without padding, and joining or leaving moves
+/// only the rows concerned. Beam reordering and batch assembly are one gather pass.
 pub struct OrtEngine {
     runner: OrtRunner,
     past_names: Vec<String>,
     present_names: Vec<String>,
     cache_type: ElemType,
+    sizes: Sizes,
+    buffers: Buffers,
+}
+
+/// Cache and logits sizes, and whether the cache is shared.
+#[derive(Clone, Copy)]
+struct Sizes {
     n_head: usize,
     head_dim: usize,
     vocab: usize,
-    buffers: Buffers,
+    shared: bool,
 }
+
+impl Sizes {
+    /// Positions a new shared set holds room for, at least `positions`: the next power of two (at
+    /// least [`MIN_CAPACITY`]), so a growing cache is copied a logarithmic number of times.
+    /// Concatenating sets hold exactly their positions.
+    fn capacity(&self, positions: usize) -> usize {
+        if self.shared {
+            positions.max(MIN_CAPACITY).checked_next_power_of_two().unwrap_or(positions)
+        } else {
+            positions
+        }
+    }
+
+    fn plane(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+}
+
+/// The smallest capacity of a shared buffer set, in positions.
+const MIN_CAPACITY: usize = 64;
 
 /// The buffer pool and the logits buffer, in the graph's float type.
 enum Buffers {
@@ -37,7 +73,10 @@ enum Buffers {
 struct BufferSet<T> {
     tensors: Vec<Vec<T>>,
     rows: usize,
+    /// Positions held (the longest row's, when rows differ).
     past: usize,
+    /// Positions each row has room for: the row stride.
+    capacity: usize,
 }
 
 struct Pool<T> {
@@ -55,14 +94,10 @@ impl<T: Copy + Default> Pool<T> {
     /// A free set whose buffers hold at least `len` elements each (buffers grow, never shrink).
     fn take(&mut self, len: usize) -> usize {
         let i = self.free.pop().unwrap_or_else(|| {
-            self.sets.push(BufferSet { tensors: vec![Vec::new(); self.tensors], rows: 0, past: 0 });
+            self.sets.push(BufferSet { tensors: vec![Vec::new(); self.tensors], rows: 0, past: 0, capacity: 0 });
             self.sets.len() - 1
         });
-        for b in &mut self.sets[i].tensors {
-            if b.len() < len {
-                b.resize(len, T::default());
-            }
-        }
+        self.sets[i].grow(len);
         i
     }
 
@@ -75,6 +110,17 @@ impl<T: Copy + Default> Pool<T> {
     /// The set a cache names, with its rows and positions.
     fn get(&self, slot: Slot) -> Option<&BufferSet<T>> {
         self.sets.get(slot.0).filter(|_| !self.free.contains(&slot.0))
+    }
+}
+
+impl<T: Copy + Default> BufferSet<T> {
+    /// Every buffer at least `len` elements long, keeping what it holds.
+    fn grow(&mut self, len: usize) {
+        for b in &mut self.tensors {
+            if b.len() < len {
+                b.resize(len, T::default());
+            }
+        }
     }
 }
 
@@ -96,16 +142,9 @@ impl OrtEngine {
             ElemType::F16 => Buffers::F16(Pool::new(tensors)),
             _ => Buffers::F32(Pool::new(tensors)),
         };
-        OrtEngine {
-            runner,
-            past_names,
-            present_names,
-            cache_type,
-            n_head: shape.n_head,
-            head_dim: shape.head_dim,
-            vocab: shape.vocab,
-            buffers,
-        }
+        let sizes =
+            Sizes { n_head: shape.n_head, head_dim: shape.head_dim, vocab: shape.vocab, shared: runner.shared_cache };
+        OrtEngine { runner, past_names, present_names, cache_type, sizes, buffers }
     }
 
     pub fn runner(&self) -> &OrtRunner {
@@ -121,53 +160,103 @@ fn i64_value(shape: [usize; 2], data: &[i64]) -> Result<DynValue, ort::Error> {
     Ok(Tensor::from_array(([shape[0] as i64, shape[1] as i64], data.to_vec()))?.into_dyn())
 }
 
-/// One step over the pool of element type `T`: reads set `past_slot` (or nothing for an empty
-/// cache), writes the presents into a free set, frees the past set; returns the logits and the
-/// presents' set.
-#[allow(clippy::too_many_arguments)]
+fn cache_error(message: String) -> RuntimeError {
+    RuntimeError::Input { name: "cache".into(), message }
+}
+
+/// One step's inputs as the pool sees them.
+struct StepShape {
+    rows: usize,
+    past: usize,
+    seq: usize,
+    logits: [usize; 3],
+}
+
+/// One step over the pool of element type `T`. A concatenating graph reads set `past_slot` (or
+/// nothing for an empty cache), writes the presents into a free set and frees the past set; a
+/// shared one appends into `past_slot` itself, first copied into a larger set when it lacks room.
+/// Returns the logits and the presents' set.
 fn step_with<T>(
     session: &mut Session,
     pool: &mut Pool<T>,
     names: (&[String], &[String]),
     inputs: [&DynValue; 3],
     past_slot: Slot,
-    cache_shape: [usize; 4],
-    seq: usize,
-    logits_shape: [usize; 3],
+    step: StepShape,
+    sizes: Sizes,
 ) -> Result<(Vec<f32>, usize), String>
 where
     T: Copy + Default + ort::value::PrimitiveTensorElementType + std::fmt::Debug + ToF32 + 'static,
 {
-    let [rows, heads, past, dim] = cache_shape;
-    let (past_len, present_len) = (rows * heads * past * dim, rows * heads * (past + seq) * dim);
-    let out = pool.take(present_len);
+    let StepShape { rows, past, seq, logits: logits_shape } = step;
+    let (heads, dim, plane) = (sizes.n_head, sizes.head_dim, sizes.plane());
+    let total = past + seq;
     let logits_len: usize = logits_shape.iter().product();
     if pool.logits.len() < logits_len {
         pool.logits.resize(logits_len, T::default());
     }
+    // Where the presents go, and the capacity of its rows.
+    let (out, capacity) = if sizes.shared {
+        let fits = pool.get(past_slot).filter(|s| s.capacity >= total);
+        match fits {
+            Some(set) => (past_slot.0, set.capacity),
+            None => {
+                let capacity = sizes.capacity(total);
+                let out = pool.take(rows * plane * capacity);
+                if pool.get(past_slot).is_some() {
+                    // Out of room: the rows move to a larger set.
+                    let mut dst = std::mem::take(&mut pool.sets[out].tensors);
+                    let set = &pool.sets[past_slot.0];
+                    let shape = RowShape { heads, head_dim: dim, stride: capacity, width: past };
+                    let pairs: Vec<(usize, usize)> = (0..rows).map(|r| (r, r)).collect();
+                    let result = set.tensors.iter().zip(dst.iter_mut()).try_for_each(|(src, d)| {
+                        assemble::copy_rows_left(Strided { data: src, rows, stride: set.capacity }, d, &pairs, shape)
+                    });
+                    pool.sets[out].tensors = dst;
+                    if let Err(e) = result {
+                        pool.give(Slot(out));
+                        return Err(e.to_string());
+                    }
+                }
+                pool.give(past_slot);
+                (out, capacity)
+            }
+        }
+    } else {
+        (pool.take(rows * plane * total), total)
+    };
     let shape = |t: usize| vec![rows as i64, heads as i64, t as i64, dim as i64];
     let mut logits_buf = std::mem::take(&mut pool.logits);
     let mut presents = std::mem::take(&mut pool.sets[out].tensors);
-    let no_past: Vec<Vec<T>> = vec![Vec::new(); pool.tensors];
-    let result = {
-        let live = if past_slot == Slot::EMPTY { &no_past } else { &pool.sets[past_slot.0].tensors };
+    let present_len = rows * plane * capacity;
+    let result = (|| {
         let mut binding = session.create_binding().map_err(|e| e.to_string())?;
         for (name, value) in ["input_ids", "attention_mask", "position_ids"].iter().zip(inputs) {
             super::binding::bind_input(&mut binding, name, value)?;
         }
-        let past_views = live
-            .iter()
-            .map(|b| TensorRef::from_array_view((shape(past), &b[..past_len])))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        for (name, view) in names.0.iter().zip(&past_views) {
-            super::binding::bind_input(&mut binding, name, &**view)?;
-        }
         let present_views = presents
             .iter_mut()
-            .map(|b| TensorRefMut::from_array_view_mut((shape(past + seq), &mut b[..present_len])))
+            .map(|b| TensorRefMut::from_array_view_mut((shape(capacity), &mut b[..present_len])))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
+        // The past: the present buffers themselves (shared), or the past set's (concatenating).
+        let no_past: Vec<Vec<T>> = vec![Vec::new(); pool.tensors];
+        let past_views = if sizes.shared {
+            Vec::new()
+        } else {
+            let live = pool.get(past_slot).map_or(&no_past, |s| &s.tensors);
+            live.iter()
+                .map(|b| TensorRef::from_array_view((shape(past), &b[..rows * plane * past])))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?
+        };
+        for (i, name) in names.0.iter().enumerate() {
+            match (past_views.get(i), present_views.get(i)) {
+                (Some(view), _) => super::binding::bind_input(&mut binding, name, &**view)?,
+                (None, Some(view)) => super::binding::bind_input(&mut binding, name, &**view)?,
+                (None, None) => return Err(format!("no buffer for {name}")),
+            }
+        }
         for (name, view) in names.1.iter().zip(&present_views) {
             super::binding::bind_output(&mut binding, name, &**view)?;
         }
@@ -176,7 +265,7 @@ where
             .map_err(|e| e.to_string())?;
         super::binding::bind_output(&mut binding, "logits", &*logits_view)?;
         super::binding::run(session, &binding)
-    };
+    })();
     let logits: Vec<f32> = logits_buf[..logits_len].iter().map(|&x| x.to_f32()).collect();
     pool.logits = logits_buf;
     pool.sets[out].tensors = presents;
@@ -184,9 +273,11 @@ where
         pool.give(Slot(out));
         return Err(e);
     }
-    pool.sets[out].rows = rows;
-    pool.sets[out].past = past + seq;
-    pool.give(past_slot);
+    let set = &mut pool.sets[out];
+    (set.rows, set.past, set.capacity) = (rows, total, capacity);
+    if !sizes.shared {
+        pool.give(past_slot);
+    }
     Ok((logits, out))
 }
 
@@ -207,30 +298,39 @@ impl ToF32 for half::f16 {
     }
 }
 
-/// Assembles rows of the pool's sets into a free set (see [`Engine::assemble`]), frees the parts.
-fn assemble_with<T: Copy + Default>(
-    pool: &mut Pool<T>,
-    parts: &[(Slot, usize, usize)],
-    sources: &[RowSource],
-    (heads, dim, width): (usize, usize, usize),
-) -> Result<usize, RuntimeError> {
-    let plane = heads * dim;
+/// A part of [`Engine::assemble`] as the pool names it: set, rows, positions.
+type PoolPart = (Slot, usize, usize);
+
+/// Checks every part names a live set holding what the caller says it holds.
+fn check_parts<T: Copy + Default>(pool: &Pool<T>, parts: &[PoolPart]) -> Result<(), RuntimeError> {
     for &(slot, rows, past) in parts {
         let fits = match pool.get(slot) {
             Some(set) => (set.rows, set.past) == (rows, past),
             None => slot == Slot::EMPTY && past == 0,
         };
         if !fits {
-            return Err(RuntimeError::Input {
-                name: "cache".into(),
-                message: format!("a cache part of {rows} rows × {past} positions is not one this engine holds"),
-            });
+            return Err(cache_error(format!(
+                "a cache part of {rows} rows × {past} positions is not one this engine holds"
+            )));
         }
     }
-    let len = sources.len().checked_mul(plane * width).ok_or_else(|| RuntimeError::Input {
-        name: "cache".into(),
-        message: "the assembled cache's size overflows".into(),
-    })?;
+    Ok(())
+}
+
+/// Assembles rows of the pool's sets right-aligned into a free set of exactly `width` positions
+/// (see [`Engine::assemble`]), frees the parts.
+fn assemble_right<T: Copy + Default>(
+    pool: &mut Pool<T>,
+    parts: &[PoolPart],
+    sources: &[RowSource],
+    sizes: Sizes,
+    width: usize,
+) -> Result<usize, RuntimeError> {
+    let (heads, dim) = (sizes.n_head, sizes.head_dim);
+    let len = sources
+        .len()
+        .checked_mul(sizes.plane() * width)
+        .ok_or_else(|| cache_error("the assembled cache's size overflows".into()))?;
     let out = pool.take(len);
     let mut dst = std::mem::take(&mut pool.sets[out].tensors);
     let empty: Vec<T> = Vec::new();
@@ -239,7 +339,7 @@ fn assemble_with<T: Copy + Default>(
         let views: Vec<assemble::Part<'_, T>> = parts
             .iter()
             .map(|&(slot, rows, past)| assemble::Part {
-                data: pool.get(slot).map_or(&empty[..], |s| &s.tensors[j][..rows * plane * past]),
+                data: pool.get(slot).map_or(&empty[..], |s| &s.tensors[j][..rows * sizes.plane() * past]),
                 rows,
                 width: past,
             })
@@ -254,27 +354,125 @@ fn assemble_with<T: Copy + Default>(
         pool.give(Slot(out));
         return Err(e);
     }
-    pool.sets[out].rows = sources.len();
-    pool.sets[out].past = width;
+    let set = &mut pool.sets[out];
+    (set.rows, set.past, set.capacity) = (sources.len(), width, width);
     for &(slot, ..) in parts {
         pool.give(slot);
     }
     Ok(out)
 }
 
+/// Assembles rows left-aligned (see [`Engine::assemble`]). When the first part's set has room for
+/// `width` positions, the result is that set: its rows that stay are not copied, rows moving
+/// within it are moved in place, rows of other parts are copied in. Otherwise a free set with
+/// room is filled. Frees the other parts.
+fn assemble_left<T: Copy + Default>(
+    pool: &mut Pool<T>,
+    parts: &[PoolPart],
+    sources: &[RowSource],
+    sizes: Sizes,
+    width: usize,
+) -> Result<usize, RuntimeError> {
+    let (heads, dim) = (sizes.n_head, sizes.head_dim);
+    if let Some(s) = sources.iter().find(|s| parts.get(s.part).is_none_or(|p| s.row >= p.1)) {
+        return Err(cache_error(format!("row {} of part {} does not exist ({} parts)", s.row, s.part, parts.len())));
+    }
+    let in_place = parts.first().and_then(|&(slot, ..)| pool.get(slot).filter(|s| s.capacity >= width).map(|_| slot));
+    let (out, capacity) = match in_place {
+        Some(slot) => (slot.0, pool.sets[slot.0].capacity),
+        None => {
+            let capacity = sizes.capacity(width);
+            (pool.take(0), capacity)
+        }
+    };
+    let len = sources
+        .len()
+        .checked_mul(sizes.plane())
+        .and_then(|x| x.checked_mul(capacity))
+        .ok_or_else(|| cache_error("the assembled cache's size overflows".into()))?;
+    pool.sets[out].grow(len);
+    let shape = RowShape { heads, head_dim: dim, stride: capacity, width };
+    let mut dst = std::mem::take(&mut pool.sets[out].tensors);
+    let result = dst.iter_mut().enumerate().try_for_each(|(j, d)| {
+        for (p, &(slot, rows, _)) in parts.iter().enumerate() {
+            let pairs: Vec<(usize, usize)> =
+                sources.iter().enumerate().filter(|(_, s)| s.part == p).map(|(i, s)| (s.row, i)).collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            if p == 0 && in_place.is_some() {
+                assemble::move_rows_left(d, &pairs, shape)?;
+            } else if let Some(set) = pool.get(slot) {
+                let src = Strided { data: &set.tensors[j], rows, stride: set.capacity };
+                assemble::copy_rows_left(src, d, &pairs, shape)?;
+            }
+        }
+        Ok::<_, RuntimeError>(())
+    });
+    pool.sets[out].tensors = dst;
+    if let Err(e) = result {
+        if in_place.is_none() {
+            pool.give(Slot(out));
+        }
+        return Err(e);
+    }
+    let set = &mut pool.sets[out];
+    (set.rows, set.past, set.capacity) = (sources.len(), width, capacity);
+    for &(slot, ..) in parts {
+        if slot.0 != out {
+            pool.give(slot);
+        }
+    }
+    Ok(out)
+}
+
+/// The first `shape[2]` positions of each row of a set, compact (`[rows, heads, width, head_dim]`).
 fn copy_out_with<T: Copy + Default>(
     pool: &Pool<T>,
     slot: Slot,
     shape: [usize; 4],
     wrap: fn(Vec<T>) -> HostData,
 ) -> Vec<HostTensor> {
+    let [rows, heads, width, dim] = shape;
     let len: usize = shape.iter().product();
     match pool.get(slot) {
-        Some(set) => {
-            set.tensors.iter().map(|b| HostTensor { shape: shape.to_vec(), data: wrap(b[..len].to_vec()) }).collect()
-        }
+        Some(set) => set
+            .tensors
+            .iter()
+            .map(|b| {
+                let data = if set.capacity == width {
+                    b[..len].to_vec()
+                } else {
+                    let mut out = Vec::with_capacity(len);
+                    for rh in 0..rows * heads {
+                        out.extend_from_slice(&b[rh * set.capacity * dim..][..width * dim]);
+                    }
+                    out
+                };
+                HostTensor { shape: shape.to_vec(), data: wrap(data) }
+            })
+            .collect(),
         None => (0..pool.tensors).map(|_| HostTensor { shape: shape.to_vec(), data: wrap(Vec::new()) }).collect(),
     }
+}
+
+/// A set made from compact host data (`[rows, heads, width, head_dim]` each).
+fn copy_in_with<T: Copy + Default>(
+    pool: &mut Pool<T>,
+    data: &[&[T]],
+    [rows, heads, width, dim]: [usize; 4],
+    sizes: Sizes,
+) -> usize {
+    let capacity = sizes.capacity(width);
+    let out = pool.take(rows * heads * capacity * dim);
+    let set = &mut pool.sets[out];
+    for (b, d) in set.tensors.iter_mut().zip(data) {
+        for rh in 0..rows * heads {
+            b[rh * capacity * dim..][..width * dim].copy_from_slice(&d[rh * width * dim..][..width * dim]);
+        }
+    }
+    (set.rows, set.past, set.capacity) = (rows, width, capacity);
+    out
 }
 
 impl OrtEngine {
@@ -327,17 +525,17 @@ impl Engine for OrtEngine {
         let mask = i64_value([t.rows, t.total], t.attention_mask).map_err(|e| self.err(e))?;
         let positions = i64_value([t.rows, t.seq], t.position_ids).map_err(|e| self.err(e))?;
         let logit_positions = if self.runner.last_only { 1 } else { t.seq };
-        let cache_shape = [t.rows, self.n_head, past, self.head_dim];
-        let logits_shape = [t.rows, logit_positions, self.vocab];
+        let step = StepShape { rows: t.rows, past, seq: t.seq, logits: [t.rows, logit_positions, self.sizes.vocab] };
         let names = (self.past_names.as_slice(), self.present_names.as_slice());
         let inputs = [&ids, &mask, &positions];
         let session = &mut self.runner.session;
+        let sizes = self.sizes;
         let (data, out) = match &mut self.buffers {
-            Buffers::F32(pool) => step_with(session, pool, names, inputs, slot, cache_shape, t.seq, logits_shape),
-            Buffers::F16(pool) => step_with(session, pool, names, inputs, slot, cache_shape, t.seq, logits_shape),
+            Buffers::F32(pool) => step_with(session, pool, names, inputs, slot, step, sizes),
+            Buffers::F16(pool) => step_with(session, pool, names, inputs, slot, step, sizes),
         }
         .map_err(|e| RuntimeError::Ort { library: self.runner.library.clone(), message: e })?;
-        let logits = AllLogits { rows: t.rows, positions: logit_positions, vocab: self.vocab, data };
+        let logits = AllLogits { rows: t.rows, positions: logit_positions, vocab: self.sizes.vocab, data };
         Ok((logits, vec![Slot(out); self.present_names.len()]))
     }
 
@@ -360,10 +558,24 @@ impl Engine for OrtEngine {
     ) -> Result<Vec<Slot>, RuntimeError> {
         let slots =
             parts.iter().map(|p| Ok((self.slot_of(&p.cache)?, p.rows, p.width))).collect::<Result<Vec<_>, _>>()?;
-        let sizes = (self.n_head, self.head_dim, width);
-        let out = match &mut self.buffers {
-            Buffers::F32(pool) => assemble_with(pool, &slots, sources, sizes),
-            Buffers::F16(pool) => assemble_with(pool, &slots, sources, sizes),
+        let sizes = self.sizes;
+        let out = match (&mut self.buffers, sizes.shared) {
+            (Buffers::F32(pool), shared) => {
+                check_parts(pool, &slots)?;
+                if shared {
+                    assemble_left(pool, &slots, sources, sizes, width)
+                } else {
+                    assemble_right(pool, &slots, sources, sizes, width)
+                }
+            }
+            (Buffers::F16(pool), shared) => {
+                check_parts(pool, &slots)?;
+                if shared {
+                    assemble_left(pool, &slots, sources, sizes, width)
+                } else {
+                    assemble_right(pool, &slots, sources, sizes, width)
+                }
+            }
         }?;
         Ok(vec![Slot(out); self.present_names.len()])
     }
@@ -374,7 +586,7 @@ impl Engine for OrtEngine {
         if !fits {
             return Err(self.err(format!("the cache does not hold {rows} rows × {width} positions")));
         }
-        let shape = [rows, self.n_head, width, self.head_dim];
+        let shape = [rows, self.sizes.n_head, width, self.sizes.head_dim];
         Ok(match &self.buffers {
             Buffers::F32(pool) => copy_out_with(pool, slot, shape, HostData::F32),
             Buffers::F16(pool) => copy_out_with(pool, slot, shape, HostData::F16),
@@ -390,25 +602,20 @@ impl Engine for OrtEngine {
                 self.past_names.len()
             )));
         };
-        if (heads, dim) != (self.n_head, self.head_dim) || tensors.iter().any(|t| t.shape != tensors[0].shape) {
+        if (heads, dim) != (self.sizes.n_head, self.sizes.head_dim)
+            || tensors.iter().any(|t| t.shape != tensors[0].shape)
+        {
             return Err(self.err("host cache tensors of another shape"));
         }
         let len = rows * heads * width * dim;
-        fn fill<T: Copy + Default>(pool: &mut Pool<T>, data: &[&[T]], len: usize, rows: usize, width: usize) -> usize {
-            let out = pool.take(len);
-            for (b, d) in pool.sets[out].tensors.iter_mut().zip(data) {
-                b[..len].copy_from_slice(d);
-            }
-            pool.sets[out].rows = rows;
-            pool.sets[out].past = width;
-            out
-        }
+        let shape = [rows, heads, width, dim];
         let library = self.runner.library.clone();
         let wrong = || RuntimeError::Ort { library, message: "host cache tensors of another element type".into() };
+        let sizes = self.sizes;
         let out = match &mut self.buffers {
             Buffers::F32(pool) => {
                 let data = tensors.iter().map(|t| t.as_f32().filter(|d| d.len() == len)).collect::<Option<Vec<_>>>();
-                fill(pool, &data.ok_or_else(wrong)?, len, rows, width)
+                copy_in_with(pool, &data.ok_or_else(wrong)?, shape, sizes)
             }
             Buffers::F16(pool) => {
                 let data = tensors
@@ -418,7 +625,7 @@ impl Engine for OrtEngine {
                         _ => None,
                     })
                     .collect::<Option<Vec<_>>>();
-                fill(pool, &data.ok_or_else(wrong)?, len, rows, width)
+                copy_in_with(pool, &data.ok_or_else(wrong)?, shape, sizes)
             }
         };
         Ok(vec![Slot(out); self.present_names.len()])
@@ -435,6 +642,10 @@ impl Engine for OrtEngine {
 
     fn last_logits_only(&self) -> bool {
         self.runner.last_only
+    }
+
+    fn alignment(&self) -> Alignment {
+        if self.sizes.shared { Alignment::Left } else { Alignment::Right }
     }
 
     fn reset(&mut self) {

@@ -30,6 +30,8 @@ pub struct OrtRunner {
     providers: Vec<String>,
     warnings: Vec<String>,
     last_only: bool,
+    /// The export appends into its past buffer (`gpt2c.kv_cache` = `shared`).
+    shared_cache: bool,
 }
 
 impl OrtRunner {
@@ -71,7 +73,8 @@ impl OrtRunner {
             }
             None => builder.commit_from_file(model).map_err(|e| fail(&e))?,
         };
-        Ok(OrtRunner { session, library, providers, warnings, last_only: specialized.is_some() })
+        let shared_cache = crate::specialize::gpt2c_kv_cache(model).as_deref() == Some("shared");
+        Ok(OrtRunner { session, library, providers, warnings, last_only: specialized.is_some(), shared_cache })
     }
 }
 
