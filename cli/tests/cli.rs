@@ -227,6 +227,32 @@ fn invalid_opset_is_refused_before_any_work() {
     assert!(!out.exists());
 }
 
+/// `--kv-cache shared` needs the ORT target with fp32 compute and a task with a cache: each bad
+/// combination is one message before anything is written.
+#[test]
+fn kv_cache_shared_is_refused_where_it_cannot_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let model = fixture();
+    let base = ["export", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--kv-cache", "shared"];
+    for (extra, needle) in [
+        (&[][..], "--kv-cache shared needs --target ort"),
+        (&["--target", "ort", "--dtype", "fp16"][..], "--kv-cache shared needs --target ort with fp32 compute"),
+        (&["--target", "ort", "--task", "text-classification"][..], "not text-classification"),
+        (&["--target", "ort", "--task", "text-generation"][..], "needs a task with past key/values"),
+    ] {
+        let output = gpt2c(&[&base[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle) && stderr.trim_end().lines().count() == 1, "{extra:?}: {stderr}");
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    }
+    let output = gpt2c(&[&base[..], &["--target", "ort", "-q"][..]].concat());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let help = String::from_utf8(gpt2c(&["export", "--help"]).stdout).unwrap();
+    assert!(help.contains("--kv-cache") && help.contains("GroupQueryAttention"), "{help}");
+}
+
 /// `--config FILE --random-init --seed N` builds from a config alone; the same seed gives the same
 /// bytes, another seed other weights; --config needs --random-init, and a folder excludes --config.
 #[test]

@@ -83,6 +83,11 @@ pub enum ExportError {
         "--layout {layout} runs a language model with its cache: it needs --task text-generation-with-past, not {task}"
     )]
     LayoutNeedsCache { layout: crate::layout::Layout, task: gpt2::Task },
+    #[error(
+        "--kv-cache shared keeps a cache of self-attention: it needs a task with past key/values \
+         (text-generation-with-past, feature-extraction-with-past), not {0}"
+    )]
+    SharedCacheNeedsPast(gpt2::Task),
 }
 
 impl ExportOptions {
@@ -96,10 +101,14 @@ impl ExportOptions {
         Ok(())
     }
 
-    /// The layout holds the task (onnxruntime-genai runs language models with their cache).
+    /// The layout holds the task (onnxruntime-genai runs language models with their cache), and a
+    /// shared cache has a cache to share.
     fn check_layout(&self, task: gpt2::Task) -> Result<(), ExportError> {
         if self.layout == crate::layout::Layout::Genai && task != gpt2::Task::TextGenerationWithPast {
             return Err(ExportError::LayoutNeedsCache { layout: self.layout, task });
+        }
+        if self.graph.precision.kv_cache == gpt2::KvCache::Shared && !task.with_past() {
+            return Err(ExportError::SharedCacheNeedsPast(task));
         }
         Ok(())
     }

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Where a decode step's time goes, and the machine's memory bandwidth: the decode speed limit.
 
-    python tests/bench/decode_profile.py EXPORT_DIR [--threads 2] [--past 160] [--steps 30]
+    python tests/bench/decode_profile.py EXPORT_DIR [--threads 2] [--past 160] [--steps 30] [--batch 1]
 
 1. Bandwidth: ONNX Runtime's MatMul of a [1, 4096] vector by a [4096, 16384] fp32 matrix (256 MiB, far
    larger than the caches), 2 threads: bytes read per second. Decode reads every weight once per token,
    so bytes-of-weights / bandwidth is the time floor of a step.
 2. Profile: ONNX Runtime's profiler over --steps decode steps (one new token, --past cached positions) of
-   the export, time grouped by what the nodes compute: matmuls of the blocks, the LM head, attention,
+   the export (--batch rows at once), time grouped by what the nodes compute: matmuls of the blocks, the LM head, attention,
    LayerNorm, activation, data movement (Concat/Transpose/Reshape/Split/Gather), other.
 """
 import argparse, collections, json, os, time
@@ -53,6 +53,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export"); p.add_argument("--threads", type=int, default=2)
     p.add_argument("--past", type=int, default=160); p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch", type=int, default=1)
     a = p.parse_args()
     bw = bandwidth(a.threads)
     print(json.dumps({"bandwidth_gb_s": round(bw, 1), "threads": a.threads}))
@@ -65,11 +66,12 @@ def main():
     so.profile_file_prefix = "/tmp/gpt2c-profile"
     s = ort.InferenceSession(os.path.join(a.export, "model.onnx"), so)
     dtype = np.float16 if "16" in s.get_inputs()[3].type else np.float32
-    feed = {"input_ids": np.array([[11]], np.int64), "attention_mask": np.ones((1, a.past + 1), np.int64),
-            "position_ids": np.array([[a.past]], np.int64)}
+    b = a.batch
+    feed = {"input_ids": np.full((b, 1), 11, np.int64), "attention_mask": np.ones((b, a.past + 1), np.int64),
+            "position_ids": np.full((b, 1), a.past, np.int64)}
     for i in range(L):
         for kv in ("key", "value"):
-            feed[f"past_key_values.{i}.{kv}"] = np.random.rand(1, H, a.past, E // H).astype(dtype)
+            feed[f"past_key_values.{i}.{kv}"] = np.random.rand(b, H, a.past, E // H).astype(dtype)
     for _ in range(3): s.run(None, feed)
     t = time.perf_counter()
     for _ in range(a.steps): s.run(None, feed)
