@@ -3,6 +3,7 @@
 //! (listed in `--help`) with a line of help each.
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use gpt2c_compiler::gpt2::search::Generation;
 use gpt2c_compiler::gpt2::{FloatType, KvCache, Quantize, Target, Task};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
@@ -55,6 +56,11 @@ choice!(Target, {
     Target::Portable => "standard ONNX operators only (ONNX Runtime, tract, any runtime)",
     Target::Ort => "ONNX Runtime's fused kernels (opset-23 Attention, SkipLayerNormalization, FastGelu)",
 });
+choice!(Generation, {
+    Generation::Greedy => "com.microsoft.GreedySearch: greedy decoding inside the graph",
+    Generation::Beam => "com.microsoft.BeamSearch: beam search inside the graph",
+    Generation::Sampling => "com.microsoft.Sampling: temperature and top-p sampling inside the graph",
+});
 choice!(KvCache, {
     KvCache::Concat => "present = Concat(past, new): a new cache every step, any runtime",
     KvCache::Shared => "GroupQueryAttention appends into one past/present buffer (--target ort, ONNX Runtime)",
@@ -73,6 +79,7 @@ choice!(Layout, {
     Layout::Optimum => "model.onnx at the top (optimum, ONNX Runtime, gpt2c)",
     Layout::Genai => "also genai_config.json for onnxruntime-genai",
     Layout::TransformersJs => "onnx/model{suffix}.onnx for @huggingface/transformers",
+    Layout::Triton => "a Triton model repository: NAME/config.pbtxt, NAME/1/model.onnx",
 });
 choice!(ExternalData, {
     ExternalData::Auto => "model.onnx_data only past protobuf's 2 GiB limit",

@@ -31,7 +31,18 @@ pub struct ExportOptions {
     pub random_init: Option<u64>,
     /// Where files go and which runtime configs are written.
     pub layout: crate::layout::Layout,
+    /// Generation inside the graph: the search operator to wrap the decoder in.
+    pub generation: Option<gpt2::search::Generation>,
+    /// The search operator's settings given to the export (the rest from generation_config.json).
+    pub search: gpt2::search::SearchOverrides,
+    /// The Triton model's name (`--layout triton`); default the checkpoint folder's name.
+    pub triton_name: Option<String>,
+    /// Triton's `max_batch_size`; default [`DEFAULT_TRITON_MAX_BATCH_SIZE`].
+    pub triton_max_batch_size: Option<u32>,
 }
+
+/// Triton's `max_batch_size` when none is given.
+pub const DEFAULT_TRITON_MAX_BATCH_SIZE: u32 = 8;
 
 /// What the caller can show while an export runs.
 #[derive(Clone, Debug)]
@@ -88,6 +99,20 @@ pub enum ExportError {
          (text-generation-with-past, feature-extraction-with-past), not {0}"
     )]
     SharedCacheNeedsPast(gpt2::Task),
+    #[error("--generation {generation}: {message}")]
+    Generation { generation: gpt2::search::Generation, message: String },
+    #[error(transparent)]
+    Search(#[from] gpt2::search::SearchError),
+    #[error(
+        "--layout triton: {0} keeps a key/value cache between calls, which Triton's stateless requests cannot \
+         carry; export the in-graph search (--generation greedy-search|beam-search|sampling) or a task without a \
+         cache (text-generation, the default for this layout)"
+    )]
+    TritonNeedsStateless(gpt2::Task),
+    #[error("--triton-model-name `{0}`: use letters, digits, `-`, `_` and `.` (not first), at most 128")]
+    TritonName(String),
+    #[error("--triton-max-batch-size {0}: must be from 1 to 65536")]
+    TritonBatch(u32),
 }
 
 impl ExportOptions {
@@ -95,15 +120,75 @@ impl ExportOptions {
     /// (opset, precision) and a layout that cannot hold the task asked for.
     pub fn validate(&self) -> Result<(), ExportError> {
         self.graph.validate()?;
+        if let Some(generation) = self.generation {
+            let refuse = |message: String| Err(ExportError::Generation { generation, message });
+            let p = &self.graph.precision;
+            if p.dtype != gpt2::FloatType::Fp32 {
+                return refuse(format!(
+                    "--dtype {}: the operators' CPU kernels process float32 logits and caches; export fp32 \
+                     (quantized weights work)",
+                    p.dtype
+                ));
+            }
+            if p.kv_cache != gpt2::KvCache::Concat {
+                return refuse("--kv-cache shared: the operators keep the decoder's cache themselves".into());
+            }
+            if matches!(self.layout, crate::layout::Layout::Genai | crate::layout::Layout::TransformersJs) {
+                return refuse(format!(
+                    "--layout {}: that runtime runs its own generation loop over the decoder; use --layout optimum \
+                     or triton",
+                    self.layout
+                ));
+            }
+        }
+        if self.layout == crate::layout::Layout::Triton {
+            if let Some(name) = self.triton_name.as_deref().filter(|n| !crate::layout::valid_triton_name(n)) {
+                return Err(ExportError::TritonName(name.into()));
+            }
+            if let Some(n) = self.triton_max_batch_size.filter(|n| !(1..=65536).contains(n)) {
+                return Err(ExportError::TritonBatch(n));
+            }
+        }
         if let Some(task) = self.graph.task {
             self.check_layout(task)?;
         }
         Ok(())
     }
 
+    /// The task the graph is built for: with `--generation`, a language model with its cache (the
+    /// decoder); for a Triton repository without it, a task without a cache (`text-generation`
+    /// when the checkpoint implies one with).
+    pub fn effective_task(&self, config: &crate::checkpoint::Gpt2Config) -> Result<gpt2::Task, ExportError> {
+        let implied = self.graph.task_for(config)?;
+        if self.generation.is_some() {
+            return Ok(gpt2::Task::TextGenerationWithPast);
+        }
+        if self.layout == crate::layout::Layout::Triton && self.graph.task.is_none() && implied.with_past() {
+            return Ok(match implied {
+                gpt2::Task::FeatureExtractionWithPast => gpt2::Task::FeatureExtraction,
+                _ => gpt2::Task::TextGeneration,
+            });
+        }
+        Ok(implied)
+    }
+
     /// The layout holds the task (onnxruntime-genai runs language models with their cache), and a
     /// shared cache has a cache to share.
     fn check_layout(&self, task: gpt2::Task) -> Result<(), ExportError> {
+        if let Some(generation) = self.generation
+            && !matches!(task, gpt2::Task::TextGeneration | gpt2::Task::TextGenerationWithPast)
+        {
+            return Err(ExportError::Generation {
+                generation,
+                message: format!("generates text with a language model, not {task}"),
+            });
+        }
+        if self.generation.is_some() {
+            return Ok(());
+        }
+        if self.layout == crate::layout::Layout::Triton && task.with_past() {
+            return Err(ExportError::TritonNeedsStateless(task));
+        }
         if self.layout == crate::layout::Layout::Genai && task != gpt2::Task::TextGenerationWithPast {
             return Err(ExportError::LayoutNeedsCache { layout: self.layout, task });
         }
@@ -159,22 +244,53 @@ pub fn export(
         None => Checkpoint::open(model_dir)?,
     };
     // The task config.json implies is known now; the weights have not been read yet.
-    let task = options.graph.task_for(&ckpt.config)?;
+    if let (Some(task), Some(_)) = (options.graph.task, options.generation) {
+        options.check_layout(task)?;
+    }
+    let task = options.effective_task(&ckpt.config)?;
     options.check_layout(task)?;
-    progress(Progress::Step("building graph"));
-    let graph = gpt2::build_causal_lm(&ckpt, &options.graph)?;
-    let meta = ModelMeta {
-        doc_string: format!("{}, compiled by gpt2c", task.describe()),
-        metadata: vec![
-            ("gpt2c.task".into(), task.name().into()),
-            ("gpt2c.dtype".into(), options.graph.precision.dtype.name().into()),
-            ("gpt2c.quantize".into(), options.graph.precision.quantize.name().into()),
-            ("gpt2c.target".into(), options.graph.precision.target.name().into()),
-            ("gpt2c.kv_cache".into(), options.graph.precision.kv_cache.name().into()),
-            // The description files written before the keys above carried; kept for readers of those.
-            ("gpt2c.precision".into(), options.graph.precision.describe()),
-        ],
+    let graph_options = gpt2::GraphOptions { task: Some(task), ..options.graph.clone() };
+    let triton_name = match &options.triton_name {
+        Some(n) => n.clone(),
+        None => triton_default_name(model_dir),
     };
+    let search = match options.generation {
+        Some(generation) => {
+            let generation_config = generation_config_of(&ckpt)?;
+            Some(gpt2::search::SearchSettings::resolve(generation, &ckpt.config, &generation_config, &options.search)?)
+        }
+        None => None,
+    };
+    progress(Progress::Step("building graph"));
+    let graph = match &search {
+        Some(settings) => {
+            let inputs = if options.layout == crate::layout::Layout::Triton {
+                gpt2::search::Inputs::Fixed
+            } else {
+                gpt2::search::Inputs::Fed
+            };
+            gpt2::search::build_search(&ckpt, &graph_options, settings, inputs)?
+        }
+        None => gpt2::build_causal_lm(&ckpt, &graph_options)?,
+    };
+    let described = match options.generation {
+        Some(g) => format!("{} with {} inside the graph", task.describe(), g.kind().op_type()),
+        None => task.describe().to_string(),
+    };
+    let mut metadata: Vec<(String, String)> = vec![
+        ("gpt2c.task".into(), task.name().into()),
+        ("gpt2c.dtype".into(), options.graph.precision.dtype.name().into()),
+        ("gpt2c.quantize".into(), options.graph.precision.quantize.name().into()),
+        ("gpt2c.target".into(), options.graph.precision.target.name().into()),
+        ("gpt2c.kv_cache".into(), options.graph.precision.kv_cache.name().into()),
+        // The description files written before the keys above carried; kept for readers of those.
+        ("gpt2c.precision".into(), options.graph.precision.describe()),
+    ];
+    if let (Some(g), Some(settings)) = (options.generation, &search) {
+        metadata.push(("gpt2c.generation".into(), g.name().into()));
+        metadata.push(("gpt2c.search".into(), settings.fixed_json()));
+    }
+    let meta = ModelMeta { doc_string: format!("{described}, compiled by gpt2c"), metadata };
 
     let parent = match out_dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -184,7 +300,7 @@ pub fn export(
     let staging = tempfile::Builder::new().prefix(".gpt2c-export-").tempdir_in(&parent).map_err(io_error(&parent))?;
 
     progress(Progress::WriteStart(graph.initializer_bytes() as u64));
-    let model_path = staging.path().join(options.layout.model_path(&options.graph.precision));
+    let model_path = staging.path().join(options.layout.model_path_in(&options.graph.precision, &triton_name));
     if let Some(parent) = model_path.parent() {
         fs::create_dir_all(parent).map_err(io_error(parent))?;
     }
@@ -194,7 +310,22 @@ pub fn export(
 
     progress(Progress::Step("copying config and tokenizer"));
     let mut warnings = Vec::new();
-    copy_side_files(&ckpt, staging.path(), &mut warnings)?;
+    let side = staging.path().join(options.layout.side_folder(&triton_name));
+    copy_side_files(&ckpt, &side, &mut warnings)?;
+    if let Some(settings) = &search {
+        // The folder's defaults are what the search node runs.
+        let path = side.join("generation_config.json");
+        let text =
+            serde_json::to_string_pretty(&Value::Object(settings.generation_config(generation_config_of(&ckpt)?)))
+                .unwrap_or_default();
+        fs::write(&path, text + "\n").map_err(io_error(&path))?;
+    }
+    if options.layout == crate::layout::Layout::Triton {
+        let max_batch = options.triton_max_batch_size.unwrap_or(DEFAULT_TRITON_MAX_BATCH_SIZE);
+        let config = crate::layout::triton_config(&triton_name, &graph, max_batch, &described);
+        let path = side.join("config.pbtxt");
+        fs::write(&path, config).map_err(io_error(&path))?;
+    }
     if options.layout == crate::layout::Layout::TransformersJs && written.data.is_some() {
         // transformers.js reads external data only when config.json says so.
         let path = staging.path().join("config.json");
@@ -243,6 +374,26 @@ pub fn export(
         seconds: started.elapsed().as_secs_f64(),
         warnings,
     })
+}
+
+/// A Triton model name from the checkpoint folder's name (characters Triton refuses become `_`).
+fn triton_default_name(model_dir: &Path) -> String {
+    let base = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = base.strip_suffix(".json").unwrap_or(&base);
+    let name: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    let name = name.trim_start_matches('.');
+    if name.is_empty() { "model".into() } else { name.chars().take(128).collect() }
+}
+
+/// The checkpoint's generation_config.json, or the one derived from config.json.
+fn generation_config_of(ckpt: &Checkpoint) -> Result<Map<String, Value>, ExportError> {
+    let path = ckpt.dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(generation_config_from_model_config(&ckpt.config_json));
+    }
+    let text = fs::read_to_string(&path).map_err(io_error(&path))?;
+    serde_json::from_str(&text).map_err(|e| ExportError::BadJson { path, message: e.to_string() })
 }
 
 /// Moves the finished staging folder to `out_dir`, replacing what is there.

@@ -11,6 +11,13 @@
 //!   `<file>_data`, and `"transformers.js_config": {"use_external_data_format": true}` added to
 //!   config.json when the weights are external. The graph is the same: transformers.js builds the
 //!   empty cache from the inputs' metadata (batch axis `batch_size`, fixed heads and head size).
+//! - `triton`: a Triton Inference Server model repository: `<name>/config.pbtxt` (platform
+//!   `onnxruntime_onnx`, every input and output with Triton's data type and its dims after the
+//!   batch axis, `max_batch_size`, `dynamic_batching`, one CPU instance) and `<name>/1/model.onnx`,
+//!   with config.json, generation_config.json and the tokenizer files in `<name>/` for clients.
+//!   Triton stacks every input of the requests it batches along the batch axis and keeps no state
+//!   between requests, so the repository holds a model without a cache: the in-graph search of
+//!   `--generation` (its settings constants of the graph), or without it a stateless task.
 
 use serde_json::{Map, Value, json};
 
@@ -29,15 +36,35 @@ pub enum Layout {
     Genai,
     /// `onnx/model{suffix}.onnx` for transformers.js.
     TransformersJs,
+    /// `<name>/config.pbtxt` and `<name>/1/model.onnx`: a Triton model repository.
+    Triton,
 }
 
 crate::named::named_enum!(Layout, "layout", {
     Optimum => "optimum",
     Genai => "genai",
     TransformersJs => "transformers.js",
+    Triton => "triton",
 });
 
 impl Layout {
+    /// The folder (inside the export folder) that holds config.json and the tokenizer: `<name>/`
+    /// for a Triton repository, the top otherwise.
+    pub fn side_folder(self, triton_name: &str) -> String {
+        match self {
+            Layout::Triton => format!("{triton_name}/"),
+            _ => String::new(),
+        }
+    }
+
+    /// The model file's path inside the export folder (`triton_name` names a Triton model).
+    pub fn model_path_in(self, p: &crate::gpt2::Precision, triton_name: &str) -> String {
+        match self {
+            Layout::Triton => format!("{triton_name}/1/{MODEL_FILE}"),
+            other => other.model_path(p),
+        }
+    }
+
     /// The model file's path inside the export folder.
     pub fn model_path(self, p: &crate::gpt2::Precision) -> String {
         use crate::gpt2::{FloatType, Quantize};
@@ -139,4 +166,69 @@ pub fn genai_config(c: &Gpt2Config, generation: &Map<String, Value>, kv_cache: c
         },
         "search": Value::Object(search)
     })
+}
+
+/// A Triton model name: letters, digits, `-`, `_` and `.`, not starting with a dot.
+pub fn valid_triton_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Triton's name of an element type.
+fn triton_type(d: crate::ir::DType) -> &'static str {
+    use crate::ir::DType;
+    match d {
+        DType::F32 => "TYPE_FP32",
+        DType::F16 => "TYPE_FP16",
+        DType::BF16 => "TYPE_BF16",
+        DType::F64 => "TYPE_FP64",
+        DType::I64 => "TYPE_INT64",
+        DType::I32 => "TYPE_INT32",
+        DType::I8 => "TYPE_INT8",
+        DType::U8 => "TYPE_UINT8",
+        DType::Bool => "TYPE_BOOL",
+        DType::I4 => "TYPE_INVALID",
+    }
+}
+
+/// `config.pbtxt` of a Triton model repository for `graph` (whose inputs and outputs all lead
+/// with the batch axis): the platform, `max_batch_size`, every input and output with its data type
+/// and dims after the batch axis (-1 where the graph names a dim), one CPU instance and the dynamic
+/// batcher (requests whose inputs have the same dims batch together). `what` goes in a comment.
+pub fn triton_config(name: &str, graph: &crate::ir::Graph, max_batch_size: u32, what: &str) -> String {
+    let tensors = |ids: &[crate::ir::ValueId]| -> String {
+        ids.iter()
+            .map(|&id| {
+                let v = graph.value(id);
+                let dims: Vec<String> =
+                    v.ty.shape
+                        .iter()
+                        .skip(1)
+                        .map(|d| d.as_fixed().map_or("-1".to_string(), |n| n.to_string()))
+                        .collect();
+                format!(
+                    "  {{\n    name: \"{}\"\n    data_type: {}\n    dims: [ {} ]\n  }}",
+                    v.name,
+                    triton_type(v.ty.dtype),
+                    dims.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",\n")
+    };
+    format!(
+        "# {what}, compiled by gpt2c.\n\
+         # Triton batches requests whose inputs have the same dims (pad prompts to one length to batch them).\n\
+         name: \"{name}\"\n\
+         platform: \"onnxruntime_onnx\"\n\
+         max_batch_size: {max_batch_size}\n\
+         input [\n{}\n]\n\
+         output [\n{}\n]\n\
+         instance_group [\n  {{\n    count: 1\n    kind: KIND_CPU\n  }}\n]\n\
+         dynamic_batching {{ }}\n",
+        tensors(&graph.inputs),
+        tensors(&graph.outputs)
+    )
 }

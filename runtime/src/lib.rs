@@ -12,6 +12,7 @@ pub mod generate;
 pub mod model;
 pub mod perplexity;
 pub mod playback;
+pub mod search;
 pub mod session;
 pub mod specialize;
 pub mod tensor;

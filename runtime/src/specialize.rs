@@ -69,6 +69,11 @@ pub fn gpt2c_task(path: &std::path::Path) -> Option<String> {
     gpt2c_metadata(path, "gpt2c.task")
 }
 
+/// A `metadata_props` entry of a gpt2c export (see [`gpt2c_metadata`]).
+pub fn gpt2c_metadata_value(path: &std::path::Path, key: &str) -> Option<String> {
+    gpt2c_metadata(path, key)
+}
+
 /// A `metadata_props` entry of a gpt2c export, read from the head of the file (gpt2c writes the
 /// model's metadata before its graph).
 fn gpt2c_metadata(path: &std::path::Path, key: &str) -> Option<String> {

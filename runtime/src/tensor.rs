@@ -6,6 +6,7 @@ pub enum HostData {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
     I64(Vec<i64>),
+    I32(Vec<i32>),
 }
 
 /// Element types the runtime exchanges with a graph.
@@ -14,6 +15,7 @@ pub enum ElemType {
     F32,
     F16,
     I64,
+    I32,
 }
 
 /// A dense row-major tensor in host memory.
@@ -34,12 +36,18 @@ impl HostTensor {
         (shape.iter().product::<usize>() == data.len()).then_some(HostTensor { shape, data: HostData::I64(data) })
     }
 
+    /// An i32 tensor; `None` when the data length does not match the shape.
+    pub fn i32(shape: Vec<usize>, data: Vec<i32>) -> Option<HostTensor> {
+        (shape.iter().product::<usize>() == data.len()).then_some(HostTensor { shape, data: HostData::I32(data) })
+    }
+
     /// An empty tensor (a zero-length axis) of the given element type.
     pub fn empty(shape: Vec<usize>, elem: ElemType) -> HostTensor {
         let data = match elem {
             ElemType::F32 => HostData::F32(Vec::new()),
             ElemType::F16 => HostData::F16(Vec::new()),
             ElemType::I64 => HostData::I64(Vec::new()),
+            ElemType::I32 => HostData::I32(Vec::new()),
         };
         HostTensor { shape, data }
     }
@@ -58,12 +66,19 @@ impl HostTensor {
         }
     }
 
+    pub fn as_i32(&self) -> Option<&[i32]> {
+        match &self.data {
+            HostData::I32(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Float data as f32, converting fp16.
     pub fn to_f32(&self) -> Option<std::borrow::Cow<'_, [f32]>> {
         match &self.data {
             HostData::F32(v) => Some(std::borrow::Cow::Borrowed(v)),
             HostData::F16(v) => Some(std::borrow::Cow::Owned(v.iter().map(|x| x.to_f32()).collect())),
-            HostData::I64(_) => None,
+            HostData::I64(_) | HostData::I32(_) => None,
         }
     }
 
@@ -72,6 +87,7 @@ impl HostTensor {
             HostData::F32(_) => ElemType::F32,
             HostData::F16(_) => ElemType::F16,
             HostData::I64(_) => ElemType::I64,
+            HostData::I32(_) => ElemType::I32,
         }
     }
 
@@ -94,6 +110,7 @@ impl HostTensor {
             HostData::F32(v) => HostData::F32(pick(v, rows, per)),
             HostData::F16(v) => HostData::F16(pick(v, rows, per)),
             HostData::I64(v) => HostData::I64(pick(v, rows, per)),
+            HostData::I32(v) => HostData::I32(pick(v, rows, per)),
         };
         let mut shape = self.shape.clone();
         if let Some(first) = shape.first_mut() {
@@ -107,6 +124,7 @@ impl HostTensor {
             HostData::F32(_) => "float",
             HostData::F16(_) => "float16",
             HostData::I64(_) => "int64",
+            HostData::I32(_) => "int32",
         }
     }
 }

@@ -52,11 +52,17 @@ impl TextError {
     }
 }
 
+/// What generates: a decoding session under gpt2c's driver, or a graph that searches itself.
+enum Runs {
+    Decoder(Box<dyn DecoderSession>),
+    InGraph(Box<crate::search::InGraphSearch>),
+}
+
 /// A loaded model ready to generate text.
 pub struct TextGenerator {
     pub model: ExportedModel,
     pub tokenizer: TextTokenizer,
-    session: Box<dyn DecoderSession>,
+    runs: Runs,
     pub backend: BackendKind,
     /// What runs the graph, for people.
     pub description: String,
@@ -94,12 +100,24 @@ impl TextGenerator {
             BackendChoice::Tract => BackendKind::Tract,
             BackendChoice::Auto => auto_backend(&mut notices),
         };
+        if model.in_graph_search().is_some() {
+            let search = model.in_graph(backend, options)?;
+            let description = search.describe();
+            return Ok(TextGenerator {
+                model,
+                tokenizer,
+                runs: Runs::InGraph(Box::new(search)),
+                backend,
+                description,
+                notices,
+            });
+        }
         let loaded = model.session_with_report(backend, options)?;
         notices.extend(loaded.warnings);
         Ok(TextGenerator {
             model,
             tokenizer,
-            session: loaded.session,
+            runs: Runs::Decoder(loaded.session),
             backend,
             description: loaded.description,
             notices,
@@ -111,9 +129,18 @@ impl TextGenerator {
         Ok(GenerationConfig::from_json(&self.model.generation_json, overrides)?)
     }
 
-    /// The decoding session (for scoring, benchmarks).
-    pub fn session_mut(&mut self) -> &mut dyn DecoderSession {
-        self.session.as_mut()
+    /// The decoding session (for scoring, benchmarks); an export whose graph generates has none.
+    pub fn session_mut(&mut self) -> Result<&mut dyn DecoderSession, TextError> {
+        match &mut self.runs {
+            Runs::Decoder(session) => Ok(session.as_mut()),
+            Runs::InGraph(search) => Err(TextError::Model(ModelError::File {
+                path: self.model.model_path(),
+                message: format!(
+                    "its graph runs {} and returns whole sequences, not logits; use a plain export",
+                    search.op.op_type()
+                ),
+            })),
+        }
     }
 
     pub fn limits(&self) -> ModelLimits {
@@ -147,12 +174,29 @@ impl TextGenerator {
         let streams_tokens = matches!(config.mode(), Mode::Greedy | Mode::Sample);
         let rows = prompts.len() * if streams_tokens { config.num_return_sequences } else { 1 };
         let mut streams: Vec<TextStream<'_>> = (0..rows).map(|_| self.tokenizer.stream()).collect();
-        let output =
-            generate(self.session.as_mut(), limits, prompts, config, Some(&self.tokenizer), &mut |row, token| {
-                if let Some(piece) = streams.get_mut(row).and_then(|s| s.push(token)) {
-                    on_text(row, &piece);
+        let output = match &mut self.runs {
+            Runs::Decoder(session) => {
+                generate(session.as_mut(), limits, prompts, config, Some(&self.tokenizer), &mut |row, token| {
+                    if let Some(piece) = streams.get_mut(row).and_then(|s| s.push(token)) {
+                        on_text(row, &piece);
+                    }
+                })?
+            }
+            // The whole search runs in one call: its text comes at the end.
+            Runs::InGraph(search) => {
+                let output = search.generate(prompts, config)?;
+                if streams_tokens {
+                    for (row, r) in output.results.iter().enumerate() {
+                        for &token in &r.tokens {
+                            if let Some(piece) = streams.get_mut(row).and_then(|s| s.push(token)) {
+                                on_text(row, &piece);
+                            }
+                        }
+                    }
                 }
-            })?;
+                output
+            }
+        };
         for (row, s) in streams.iter_mut().enumerate() {
             if let Some(piece) = s.finish() {
                 on_text(row, &piece);

@@ -26,7 +26,10 @@ fn mutated_exports_never_panic() {
     .enumerate()
     {
         let precision = Precision { quantize, target, ..Default::default() };
-        let options = ExportOptions { graph: GraphOptions { opset, precision, task: None }, ..Default::default() };
+        let options = ExportOptions {
+            graph: GraphOptions { opset, precision, task: None, ..Default::default() },
+            ..Default::default()
+        };
         let out = tmp.path().join(format!("m{i}"));
         export(&models.join(model), &out, &options, &mut |_| {}).unwrap();
         let bytes = std::fs::read(out.join("model.onnx")).unwrap();
@@ -151,7 +154,10 @@ fn exported_graphs_infer_to_their_declared_outputs() {
     for (i, (model, precision, task, opset)) in cases.into_iter().enumerate() {
         let label = format!("{model} {precision:?} {task:?} opset {opset:?}");
         let opset = opset.unwrap_or(DEFAULT_OPSET.max(precision.min_opset()));
-        let options = ExportOptions { graph: GraphOptions { opset, precision, task }, ..Default::default() };
+        let options = ExportOptions {
+            graph: GraphOptions { opset, precision, task, ..Default::default() },
+            ..Default::default()
+        };
         let out = tmp.path().join(format!("case{i}"));
         export(&models.join(model), &out, &options, &mut |_| {}).unwrap_or_else(|e| panic!("{label}: {e}"));
         let bytes = std::fs::read(out.join("model.onnx")).unwrap();

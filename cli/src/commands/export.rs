@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
+use gpt2c_compiler::gpt2::search::{Generation, SearchOverrides};
 use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, KvCache, Part, Precision, Quantize, Target, Task};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
@@ -93,11 +94,76 @@ pub struct ExportArgs {
 
     /// Folder layout: `optimum` (model.onnx at the top, for optimum, ONNX Runtime and gpt2c),
     /// `genai` (also genai_config.json for onnxruntime-genai's decoder model type, with search
-    /// defaults from generation_config.json) or `transformers.js` (onnx/model.onnx,
+    /// defaults from generation_config.json), `transformers.js` (onnx/model.onnx,
     /// onnx/model_fp16.onnx, onnx/model_quantized.onnx for int8, … where @huggingface/transformers
-    /// looks).
+    /// looks) or `triton` (a Triton model repository: NAME/config.pbtxt and NAME/1/model.onnx; with
+    /// --generation the search settings become constants of the graph, which then takes input_ids
+    /// and attention_mask alone; without it the stateless text-generation task, as Triton keeps no
+    /// cache between requests).
     #[arg(long, value_parser = choice::<Layout>(), default_value_t = Layout::Optimum)]
     pub layout: Layout,
+
+    /// The Triton model's name (--layout triton). Default: the checkpoint folder's name.
+    #[arg(long, value_name = "NAME")]
+    pub triton_model_name: Option<String>,
+
+    /// Triton's max_batch_size (--layout triton): requests its dynamic batcher stacks at most.
+    #[arg(long, value_name = "N")]
+    pub triton_max_batch_size: Option<u32>,
+
+    /// Generation inside the graph: one node of ONNX Runtime's com.microsoft GreedySearch,
+    /// BeamSearch or Sampling with the decoder as its subgraph, so `session.run` returns whole
+    /// sequences (int32 `sequences`, and `sequences_scores` for beam search) from int32
+    /// `input_ids`/`attention_mask` and the operator's scalar inputs (`max_length`, `min_length`,
+    /// `repetition_penalty`; `num_beams`, `num_return_sequences`, `length_penalty` for beams; `seed`
+    /// for sampling). Fixed at export, from generation_config.json unless given below: EOS and pad
+    /// ids, --no-repeat-ngram-size, --early-stopping (beam), --temperature and --top-p
+    /// (sampling). Settings the operator cannot honour are refused: top-k sampling (transformers'
+    /// default top_k 50 included: pass --top-k 0), several EOS ids, typical-p and the like. ONNX
+    /// Runtime only (fp32).
+    #[arg(long, value_parser = choice::<Generation>(), help_heading = "In-graph generation")]
+    pub generation: Option<Generation>,
+
+    /// Sampling's temperature (an attribute of the node).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub temperature: Option<f32>,
+    /// Sampling's nucleus (top-p) mass (an attribute of the node).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub top_p: Option<f32>,
+    /// 0 to sample without top-k (the Sampling operator has no top-k filter).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub top_k: Option<u64>,
+    /// Banned repeated n-gram size (an attribute of the node).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub no_repeat_ngram_size: Option<u64>,
+    /// Beam search stops each prompt when num_beams hypotheses are done (an attribute).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub early_stopping: Option<bool>,
+    /// With --layout triton: new tokens per request (a constant of the graph: max_length = the
+    /// prompt's length + this, at most n_positions).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub max_new_tokens: Option<u64>,
+    /// With --layout triton: the total length (prompt included), when --max-new-tokens is not given.
+    #[arg(long, help_heading = "In-graph generation")]
+    pub max_length: Option<u64>,
+    /// With --layout triton: the shortest total length before EOS may end a sequence.
+    #[arg(long, help_heading = "In-graph generation")]
+    pub min_length: Option<u64>,
+    /// With --layout triton: beams (beam-search).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub num_beams: Option<u64>,
+    /// With --layout triton: sequences returned per prompt (beam-search).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub num_return_sequences: Option<u64>,
+    /// With --layout triton: beam scores are divided by length^this (beam-search).
+    #[arg(long, help_heading = "In-graph generation")]
+    pub length_penalty: Option<f32>,
+    /// With --layout triton: the repetition penalty.
+    #[arg(long, help_heading = "In-graph generation")]
+    pub repetition_penalty: Option<f32>,
+    /// With --layout triton: the sampling seed (sampling).
+    #[arg(long = "sampling-seed", value_name = "SEED", help_heading = "In-graph generation")]
+    pub sampling_seed: Option<u64>,
 
     /// Runtime the graph is shaped for: `portable` (standard ONNX operators, runs everywhere,
     /// tract included) or `ort` (may use ONNX Runtime's com.microsoft operators).
@@ -139,12 +205,52 @@ impl ExportArgs {
             kv_cache: self.kv_cache,
         };
         let opset = self.opset.unwrap_or(DEFAULT_OPSET.max(precision.min_opset()));
+        let search = SearchOverrides {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            early_stopping: self.early_stopping,
+            max_new_tokens: self.max_new_tokens,
+            max_length: self.max_length,
+            min_length: self.min_length,
+            num_beams: self.num_beams,
+            num_return_sequences: self.num_return_sequences,
+            length_penalty: self.length_penalty,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.sampling_seed,
+        };
+        if self.generation.is_none() && search != SearchOverrides::default() {
+            anyhow::bail!("the in-graph generation options (--temperature, --num-beams, …) need --generation");
+        }
+        let inputs = SearchOverrides {
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            no_repeat_ngram_size: None,
+            early_stopping: None,
+            ..search.clone()
+        };
+        if self.layout != Layout::Triton && inputs != SearchOverrides::default() {
+            anyhow::bail!(
+                "--max-new-tokens, --max-length, --min-length, --num-beams, --num-return-sequences, --length-penalty, \
+                 --repetition-penalty and --sampling-seed become constants of a Triton repository's graph \
+                 (--layout triton); otherwise they are inputs of the graph, given per call"
+            );
+        }
+        if self.layout != Layout::Triton && (self.triton_model_name.is_some() || self.triton_max_batch_size.is_some()) {
+            anyhow::bail!("--triton-model-name and --triton-max-batch-size need --layout triton");
+        }
         let options = ExportOptions {
-            graph: GraphOptions { opset, precision, task: self.task },
+            graph: GraphOptions { opset, precision, task: self.task, ..Default::default() },
             external_data: self.external_data,
             force: self.force,
             random_init: self.random_init.then_some(self.seed),
             layout: self.layout,
+            generation: self.generation,
+            search,
+            triton_name: self.triton_model_name.clone(),
+            triton_max_batch_size: self.triton_max_batch_size,
         };
         options.validate()?;
         Ok(options)

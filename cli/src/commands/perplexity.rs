@@ -72,7 +72,7 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let result = perplexity(g.session_mut(), &ids, max_length, stride, n_positions, &mut |done, total| {
+    let result = perplexity(g.session_mut()?, &ids, max_length, stride, n_positions, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;

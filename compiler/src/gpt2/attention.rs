@@ -58,13 +58,30 @@ pub fn attention_bias(
 /// logits, so the runtime can slice there when it specializes the graph for generation: the query
 /// rows, their mask rows and the residual rows. Other layers keep every position (the next layer's
 /// keys and values need them).
+/// With `ctx.last_position_only` (a search operator's decoder) the slice is made here instead.
 pub(crate) fn last_position_marker(
     b: &mut GraphBuilder,
+    ctx: &Ctx<'_>,
     marker: &str,
     x: ValueId,
     is_last_layer: bool,
 ) -> Result<ValueId, GraphError> {
-    if is_last_layer { b.scoped(marker, |b| b.identity(x)) } else { Ok(x) }
+    if !is_last_layer {
+        return Ok(x);
+    }
+    if !ctx.last_position_only {
+        return b.scoped(marker, |b| b.identity(x));
+    }
+    let axis = LAST_POSITION_MARKERS.iter().find(|(m, _)| *m == marker).map_or(1, |&(_, a)| a);
+    b.scoped(marker, |b| last_position(b, x, axis))
+}
+
+/// `x`'s last position along `axis` (kept as a dim of 1).
+pub(crate) fn last_position(b: &mut GraphBuilder, x: ValueId, axis: i64) -> Result<ValueId, GraphError> {
+    let starts = b.const_i64(&[-1])?;
+    let ends = b.const_i64(&[i64::MAX])?;
+    let axes = b.const_i64(&[axis])?;
+    b.node1(crate::ir::Op::Slice, &[x, starts, ends, axes])
 }
 
 /// The marker scopes and the axis of the positions in each marked value. Blocks whose attention
@@ -141,8 +158,8 @@ pub(crate) fn query_key_value(
     let [q, k, v] = <[ValueId; 3]>::try_from(parts)
         .map_err(|_| GraphError { at: scope.into(), message: "c_attn split did not give q, k, v".into() })?;
     let last = mark_rows && layer + 1 == c.n_layer;
-    let q = last_position_marker(b, "query_rows", q, last)?;
-    let mask_bias = last_position_marker(b, "mask_rows", mask_bias, last)?;
+    let q = last_position_marker(b, ctx, "query_rows", q, last)?;
+    let mask_bias = last_position_marker(b, ctx, "mask_rows", mask_bias, last)?;
     Ok((q, k, v, mask_bias))
 }
 

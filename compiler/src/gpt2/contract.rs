@@ -180,3 +180,73 @@ pub fn declare_presents(
     }
     Ok(())
 }
+
+/// The names ONNX Runtime's search operators give a GPT-2 decoder's cache (`subgraph_gpt.cc`).
+pub fn search_past(i: usize) -> String {
+    format!("past_{i}")
+}
+pub fn search_present(i: usize) -> String {
+    format!("present_{i}")
+}
+
+/// `[2, batch_size, n_head, length, head_dim]`: key and value of one layer stacked.
+fn search_cache_type(c: &Gpt2Config, dtype: DType, length: Dim) -> ValueType {
+    let shape =
+        vec![Dim::fixed(2), Dim::sym(BATCH), Dim::fixed(c.n_head as i64), length, Dim::fixed(c.head_dim as i64)];
+    ValueType::new(dtype, shape)
+}
+
+/// The inputs of the decoder subgraph ONNX Runtime's GreedySearch, BeamSearch and Sampling run
+/// (`subgraph_gpt.cc`): `input_ids`, `position_ids` `[batch_size, sequence_length]` and
+/// `attention_mask` `[batch_size, past_sequence_length + sequence_length]`, all int32, then
+/// `past_{i}` `[2, batch_size, n_head, past_sequence_length, head_dim]` per layer (key, value). The
+/// returned ids, positions and mask are int64 and the cache split into keys and values, as the
+/// rest of the graph takes them.
+pub fn declare_search_decoder_inputs(b: &mut GraphBuilder, c: &Gpt2Config, dtype: DType) -> Result<Inputs, GraphError> {
+    let tokens = ValueType::new(DType::I32, vec![Dim::sym(BATCH), Dim::sym(SEQUENCE)]);
+    let input_ids = b.input("input_ids", tokens.clone())?;
+    let position_ids = b.input("position_ids", tokens)?;
+    let attention_mask =
+        b.input("attention_mask", ValueType::new(DType::I32, vec![Dim::sym(BATCH), total_length()]))?;
+    let mut past = Vec::with_capacity(c.n_layer);
+    for i in 0..c.n_layer {
+        let stacked = b.input(&search_past(i), search_cache_type(c, dtype, Dim::sym(PAST)))?;
+        let halves = b.scoped(&format!("past_{i}"), |b| {
+            let sizes = b.const_i64(&[1, 1])?;
+            let halves = b.node(crate::ir::Op::Split { axis: 0, outputs: 2 }, &[stacked, sizes])?;
+            let axes = b.const_i64(&[0])?;
+            halves.iter().map(|&h| b.node1(crate::ir::Op::Squeeze, &[h, axes])).collect::<Result<Vec<_>, _>>()
+        })?;
+        match halves[..] {
+            [k, v] => past.push((k, v)),
+            _ => return Err(GraphError { at: search_past(i), message: "a cache splits into key and value".into() }),
+        }
+    }
+    let input_ids = b.cast(input_ids, DType::I64)?;
+    let position_ids = Some(b.cast(position_ids, DType::I64)?);
+    let attention_mask = b.cast(attention_mask, DType::I64)?;
+    Ok(Inputs { input_ids, attention_mask, position_ids, past, mc_token_ids: None, encoder: None })
+}
+
+/// The decoder subgraph's outputs: `logits` `[batch_size, 1, vocab_size]` (the operators read the
+/// last position only) and `present_{i}` `[2, batch_size, n_head, past_sequence_length +
+/// sequence_length, head_dim]`.
+pub fn declare_search_decoder_outputs(
+    b: &mut GraphBuilder,
+    c: &Gpt2Config,
+    dtype: DType,
+    logits: ValueId,
+    presents: &[(ValueId, ValueId)],
+) -> Result<(), GraphError> {
+    let vocab = Dim::fixed(c.vocab_size as i64);
+    b.output(logits, "logits", &ValueType::new(dtype, vec![Dim::sym(BATCH), Dim::fixed(1), vocab]))?;
+    for (i, &(k, v)) in presents.iter().enumerate() {
+        let stacked = b.scoped(&format!("present_{i}"), |b| {
+            let k = b.unsqueeze(k, &[0])?;
+            let v = b.unsqueeze(v, &[0])?;
+            b.concat(&[k, v], 0)
+        })?;
+        b.output(stacked, &search_present(i), &search_cache_type(c, dtype, total_length()))?;
+    }
+    Ok(())
+}

@@ -60,7 +60,7 @@ pub(crate) fn blocks(
         let (y, bias, present) = b.scoped(&prefix, |b| {
             b.scoped("attn", |b| self_attention(b, ctx, i, &format!("{prefix}.attn"), x, past, inputs))
         })?;
-        let h_rows = b.scoped(&prefix, |b| last_position_marker(b, "residual_rows", h, i + 1 == c.n_layer))?;
+        let h_rows = b.scoped(&prefix, |b| last_position_marker(b, ctx, "residual_rows", h, i + 1 == c.n_layer))?;
         let (x2, h2) = b.scoped(&prefix, |b| skip_layer_norm(b, ctx, &format!("{prefix}.ln_2"), y, h_rows, bias))?;
         let (m, bias) =
             b.scoped(&prefix, |b| b.scoped("mlp", |b| mlp_unbiased(b, ctx, &format!("{prefix}.mlp"), x2)))?;
@@ -137,7 +137,7 @@ fn self_attention(
     let outs = b.node(op, &node_inputs)?;
     let [y, key, value] = <[ValueId; 3]>::try_from(outs)
         .map_err(|_| GraphError { at: scope.into(), message: "Attention has three outputs".into() })?;
-    let y = last_position_marker(b, "context_rows", y, marks_context && last)?;
+    let y = last_position_marker(b, ctx, "context_rows", y, marks_context && last)?;
     let (out, bias) = conv1d_unbiased(b, ctx, &format!("{scope}.c_proj"), Part::Attn, y, c.n_embd, c.n_embd)?;
     Ok((out, bias, (key, value)))
 }

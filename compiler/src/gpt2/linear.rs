@@ -34,6 +34,9 @@ pub(crate) struct Ctx<'a> {
     pub w: &'a Weights,
     pub c: &'a Gpt2Config,
     pub p: &'a Precision,
+    /// Compute the last layer's rows and the logits for the last position only (a search
+    /// operator's decoder reads nothing else).
+    pub last_position_only: bool,
 }
 
 fn values(t: &Tensor, name: &str) -> Result<Vec<f32>, BuildError> {
@@ -334,7 +337,7 @@ pub fn single_linear_graph(
     );
     let (config, _) = crate::checkpoint::Gpt2Config::parse(std::path::Path::new("config.json"), &config_text)
         .map_err(|e| GraphError { at: "config".into(), message: e.to_string() })?;
-    let ctx = Ctx { w: &weights, c: &config, p: precision };
+    let ctx = Ctx { w: &weights, c: &config, p: precision, last_position_only: false };
     let mut b = GraphBuilder::new("linear", opset);
     let shape = vec![Dim::sym("batch_size"), Dim::sym("sequence_length")];
     let x = b.input("x", ValueType::new(DType::F32, [shape.clone(), vec![Dim::fixed(k as i64)]].concat()))?;

@@ -15,6 +15,7 @@ pub(crate) mod linear;
 pub mod mlp;
 pub mod precision;
 pub mod random_init;
+pub mod search;
 pub mod task;
 
 pub use linear::single_linear_graph;
@@ -45,6 +46,18 @@ pub enum BuildError {
     Task(String),
 }
 
+/// Which interface the graph has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GraphForm {
+    /// The export contract ([`contract`]): optimum's names and types.
+    #[default]
+    Standard,
+    /// The decoder subgraph of ONNX Runtime's search operators (int32 ids, positions and mask,
+    /// `past_{i}`/`present_{i}` with key and value stacked, last-position logits): see
+    /// [`contract::declare_search_decoder_inputs`]. Language models with a cache only.
+    SearchDecoder,
+}
+
 /// Choices that shape the graph.
 #[derive(Clone, Debug)]
 pub struct GraphOptions {
@@ -52,11 +65,12 @@ pub struct GraphOptions {
     pub precision: Precision,
     /// What the graph computes; `None`: the task config.json's `architectures` implies.
     pub task: Option<Task>,
+    pub form: GraphForm,
 }
 
 impl Default for GraphOptions {
     fn default() -> Self {
-        GraphOptions { opset: DEFAULT_OPSET, precision: Precision::default(), task: None }
+        GraphOptions { opset: DEFAULT_OPSET, precision: Precision::default(), task: None, form: GraphForm::Standard }
     }
 }
 
@@ -92,11 +106,23 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     let p = &options.precision;
     let c = &ckpt.config;
     let w = &ckpt.weights;
-    let ctx = Ctx { w, c, p };
+    let search_decoder = options.form == GraphForm::SearchDecoder;
+    let ctx = Ctx { w, c, p, last_position_only: search_decoder };
     let compute = p.compute();
     let task = options.task_for(c)?;
     let mut b = GraphBuilder::new("gpt2c", options.opset);
-    let io = contract::declare_inputs(&mut b, c, p.io(), task)?;
+    if search_decoder && (task != Task::TextGenerationWithPast || c.add_cross_attention) {
+        return Err(BuildError::Task(format!(
+            "a search operator's decoder is a language model with its cache (text-generation-with-past, \
+             no cross-attention), not {task}{}",
+            if c.add_cross_attention { " with add_cross_attention" } else { "" }
+        )));
+    }
+    let io = if search_decoder {
+        contract::declare_search_decoder_inputs(&mut b, c, p.io())?
+    } else {
+        contract::declare_inputs(&mut b, c, p.io(), task)?
+    };
     // Multiple choice runs every (batch, choice) pair as one row: [batch·choices, sequence].
     let (ids, attention_mask) = if task == Task::MultipleChoice {
         let flatten = |b: &mut GraphBuilder, x: ValueId| -> Result<ValueId, GraphError> {
@@ -178,6 +204,11 @@ pub fn build_causal_lm(ckpt: &Checkpoint, options: &GraphOptions) -> Result<Grap
     };
     let vocab = Dim::fixed(c.vocab_size as i64);
     let labels = Dim::fixed(c.num_labels as i64);
+    if search_decoder {
+        let logits = lm_logits(&mut b, &mut wte)?;
+        contract::declare_search_decoder_outputs(&mut b, c, io_type, logits, &presents)?;
+        return Ok(b.finish());
+    }
     match task {
         Task::TextGeneration | Task::TextGenerationWithPast => {
             let logits = lm_logits(&mut b, &mut wte)?;
@@ -268,7 +299,7 @@ fn portable_blocks(
             let (attn, present) =
                 b.scoped("attn", |b| attention::self_attention(b, ctx, i, &format!("{prefix}.attn"), x, past, mask))?;
             let attn = cast_to(b, attn, DType::F32)?;
-            let h = attention::last_position_marker(b, "residual_rows", h, i + 1 == c.n_layer)?;
+            let h = attention::last_position_marker(b, ctx, "residual_rows", h, i + 1 == c.n_layer)?;
             let mut h = b.add(h, attn)?;
             if let Some(cr) = cross {
                 let x = layer_norm(b, w, &format!("{prefix}.ln_cross_attn"), h, c.n_embd, c.layer_norm_epsilon)?;

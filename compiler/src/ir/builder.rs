@@ -89,6 +89,12 @@ impl GraphBuilder {
         self.add_initializer(name, tensor, true)
     }
 
+    /// Takes over an initializer of another graph under its name (a subgraph's weights, read
+    /// from this graph's scope).
+    pub fn adopt_initializer(&mut self, name: &str, init: super::Initializer) -> Result<ValueId> {
+        self.add_initializer(name, init.tensor, init.is_weight)
+    }
+
     fn add_initializer(&mut self, name: &str, tensor: Tensor, is_weight: bool) -> Result<ValueId> {
         let shape = tensor.dims.iter().map(|&d| Dim::fixed(d as i64)).collect();
         let v = self.new_value(name.to_string(), ValueType::new(tensor.dtype, shape))?;
@@ -116,7 +122,13 @@ impl GraphBuilder {
         if let Some(v) = key.as_ref().and_then(|k| self.constants.get(k)) {
             return Ok(*v);
         }
-        let name = format!("const.{}.{}", tensor.dtype, self.constants.len());
+        // Names taken by initializers adopted from a subgraph are skipped.
+        let mut k = self.constants.len();
+        let mut name = format!("const.{}.{k}", tensor.dtype);
+        while self.names.contains(&name) {
+            k += 1;
+            name = format!("const.{}.{k}", tensor.dtype);
+        }
         let v = self.add_initializer(&name, tensor, false)?;
         if let Some(k) = key {
             self.constants.insert(k, v);

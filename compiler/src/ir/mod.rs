@@ -11,7 +11,7 @@ pub mod tensor;
 pub mod types;
 
 pub use builder::{GraphBuilder, GraphError};
-pub use ops::{AttrValue, Op};
+pub use ops::{AttrValue, Op, SearchKind, Subgraph};
 pub use tensor::{Encoding, SharedBytes, Tensor, TensorData};
 pub use types::{DType, Dim, Shape, ValueType};
 
@@ -71,5 +71,11 @@ impl Graph {
     /// Bytes of initializer data as written.
     pub fn initializer_bytes(&self) -> usize {
         self.initializers.iter().map(|i| i.tensor.byte_len()).sum()
+    }
+
+    /// Takes the initializers out, with their names: a graph that becomes a node's subgraph reads
+    /// them from the outer graph, which holds them instead.
+    pub fn take_initializers(&mut self) -> Vec<(String, Initializer)> {
+        std::mem::take(&mut self.initializers).into_iter().map(|i| (self.value(i.value).name.clone(), i)).collect()
     }
 }

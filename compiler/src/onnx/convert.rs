@@ -57,8 +57,31 @@ fn attribute(name: &str, value: &AttrValue) -> pb::AttributeProto {
             a.r#type = Some(T::Ints as i32);
             a.ints = v.clone();
         }
+        AttrValue::Graph(g) => {
+            // A subgraph holds no initializers of its own here: the outer graph has them.
+            a.r#type = Some(T::Graph as i32);
+            a.g = Some(graph_skeleton(&g.0).0);
+        }
     }
     a
+}
+
+/// Every operator domain the graph's nodes use, nested graphs' included, sorted.
+fn domains(graph: &Graph) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for n in &graph.nodes {
+        if !n.op.domain().is_empty() {
+            out.push(n.op.domain());
+        }
+        for (_, attr) in n.op.attributes() {
+            if let AttrValue::Graph(g) = attr {
+                out.extend(domains(&g.0));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The graph as a `GraphProto` without initializers, plus the initializers'
@@ -116,10 +139,7 @@ pub fn graph_skeleton(graph: &Graph) -> (pb::GraphProto, Vec<pb::TensorProto>) {
 /// The `ModelProto` around a graph, without the graph.
 pub fn model_skeleton(graph: &Graph, meta: &ModelMeta) -> pb::ModelProto {
     let mut opset_import = vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(graph.opset) }];
-    let mut domains: Vec<&str> = graph.nodes.iter().map(|n| n.op.domain()).filter(|d| !d.is_empty()).collect();
-    domains.sort_unstable();
-    domains.dedup();
-    for d in domains {
+    for d in domains(graph) {
         opset_import.push(pb::OperatorSetIdProto { domain: Some(d.to_string()), version: Some(1) });
     }
     pb::ModelProto {

@@ -209,7 +209,7 @@ pub fn assemble_host(parts: &[&HostTensor], sources: &[RowSource], width: usize)
             sources,
             sizes,
         )?),
-        HostData::I64(_) => return Err(err("a cache of integers".into())),
+        HostData::I64(_) | HostData::I32(_) => return Err(err("a cache of integers".into())),
     };
     Ok(HostTensor { shape, data })
 }

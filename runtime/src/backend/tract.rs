@@ -63,6 +63,7 @@ impl TractRunner {
                 Ok(DatumType::F32) => Some(ElemType::F32),
                 Ok(DatumType::F16) => Some(ElemType::F16),
                 Ok(DatumType::I64) => Some(ElemType::I64),
+                Ok(DatumType::I32) => Some(ElemType::I32),
                 _ => None,
             })
             .collect();
@@ -88,6 +89,7 @@ fn to_tvalue(t: &HostTensor) -> TractResult<TValue> {
         HostData::F32(v) => Tensor::from_shape(&t.shape, v)?.into(),
         HostData::F16(v) => Tensor::from_shape(&t.shape, v)?.into(),
         HostData::I64(v) => Tensor::from_shape(&t.shape, v)?.into(),
+        HostData::I32(v) => Tensor::from_shape(&t.shape, v)?.into(),
     })
 }
 
@@ -133,6 +135,7 @@ impl GraphRunner for TractRunner {
                     DatumType::F32 => HostData::F32(plain.as_slice::<f32>().map_err(tract_err)?.to_vec()),
                     DatumType::F16 => HostData::F16(plain.as_slice::<f16>().map_err(tract_err)?.to_vec()),
                     DatumType::I64 => HostData::I64(plain.as_slice::<i64>().map_err(tract_err)?.to_vec()),
+                    DatumType::I32 => HostData::I32(plain.as_slice::<i32>().map_err(tract_err)?.to_vec()),
                     other => {
                         return Err(RuntimeError::Tract(format!("output {name} has unsupported type {other:?}")));
                     }

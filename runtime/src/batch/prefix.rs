@@ -42,6 +42,7 @@ fn leading(t: &HostTensor, m: usize) -> HostTensor {
         HostData::F32(v) => HostData::F32(cut(v, rows, heads, width, dim, m)),
         HostData::F16(v) => HostData::F16(cut(v, rows, heads, width, dim, m)),
         HostData::I64(v) => HostData::I64(cut(v, rows, heads, width, dim, m)),
+        HostData::I32(v) => HostData::I32(cut(v, rows, heads, width, dim, m)),
     };
     HostTensor { shape: vec![rows, heads, m, dim], data }
 }

@@ -3,7 +3,7 @@
 //! (shapes, indices) as symbolic [`Dim`]s, the way shape arithmetic flows in a real graph, so that
 //! `Reshape`, `Range` and `Unsqueeze` outputs have exact shapes.
 
-use super::Op;
+use super::{Op, SearchKind};
 use crate::ir::types::{DType, Dim, Shape, ValueType, shape_string};
 
 /// What inference knows about one input: its type and, for small int64
@@ -70,6 +70,86 @@ pub fn infer(op: &Op, inputs: &[InferInput<'_>]) -> Result<Inferred, String> {
             Ok(vec![(ValueType::new(*to, ty(0).shape.clone()), known)])
         }
         Op::Identity => Ok(vec![(ty(0).clone(), inputs[0].known.map(<[Dim]>::to_vec))]),
+        Op::Min => {
+            same_dtype(op, &[ty(0), ty(1)])?;
+            let shape = broadcast_shapes(op, &[&ty(0).shape, &ty(1).shape])?;
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), None)])
+        }
+        Op::Slice => {
+            let number = |i: usize, what: &str| -> Result<Vec<i64>, String> {
+                inputs[i]
+                    .known
+                    .ok_or(format!("Slice {what} must be constants"))?
+                    .iter()
+                    .map(|d| d.as_fixed().ok_or(format!("Slice {what} must be numbers")))
+                    .collect()
+            };
+            let (starts, ends, axes) = (number(1, "starts")?, number(2, "ends")?, number(3, "axes")?);
+            if starts.len() != axes.len() || ends.len() != axes.len() {
+                return Err("Slice starts, ends and axes differ in length".into());
+            }
+            let mut shape = ty(0).shape.clone();
+            for ((&start, &end), &axis) in starts.iter().zip(&ends).zip(&axes) {
+                let a = norm_axis(axis, shape.len())?;
+                // The forms the compiler emits: the last position, or a fixed range of a fixed dim.
+                shape[a] = match (start, end, shape[a].as_fixed()) {
+                    (-1, e, _) if e >= i64::MAX / 2 => Dim::fixed(1),
+                    (s, e, Some(n)) if s >= 0 && e >= s => Dim::fixed(e.min(n) - s.min(n)),
+                    _ => {
+                        return Err(format!(
+                            "Slice [{start}, {end}) of dim {} is not a form inference follows",
+                            shape[a]
+                        ));
+                    }
+                };
+            }
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), None)])
+        }
+        Op::Squeeze => {
+            let axes = inputs[1].known.ok_or("Squeeze axes must be a constant")?;
+            let rank = ty(0).rank();
+            let axes: Vec<usize> = axes
+                .iter()
+                .map(|d| {
+                    d.as_fixed().ok_or("Squeeze axes must be numbers".to_string()).and_then(|a| norm_axis(a, rank))
+                })
+                .collect::<Result<_, _>>()?;
+            if let Some(&a) = axes.iter().find(|&&a| ty(0).shape[a].as_fixed() != Some(1)) {
+                return Err(format!("Squeeze of axis {a}, whose dim is {}", ty(0).shape[a]));
+            }
+            let shape =
+                ty(0).shape.iter().enumerate().filter(|(d, _)| !axes.contains(d)).map(|(_, d)| d.clone()).collect();
+            Ok(vec![(ValueType::new(ty(0).dtype, shape), None)])
+        }
+        Op::Search { kind, .. } => {
+            let names = kind.inputs();
+            for (i, &(name, _)) in names.iter().enumerate() {
+                let want = match name {
+                    "length_penalty" | "repetition_penalty" => DType::F32,
+                    _ => DType::I32,
+                };
+                if ty(i).dtype != want {
+                    return Err(format!("{} input `{name}` must be {want}, got {}", kind.op_type(), ty(i)));
+                }
+            }
+            if ty(0).rank() != 2 {
+                return Err(format!("{} input_ids must be [batch, sequence], got {}", kind.op_type(), ty(0)));
+            }
+            let batch = ty(0).shape[0].clone();
+            let max_length = Dim::sym("max_length");
+            Ok(match kind {
+                SearchKind::Beam => {
+                    let returned = Dim::sym("num_return_sequences");
+                    vec![
+                        (ValueType::new(DType::I32, vec![batch.clone(), returned.clone(), max_length]), None),
+                        (ValueType::new(DType::F32, vec![batch, returned]), None),
+                    ]
+                }
+                SearchKind::Greedy | SearchKind::Sampling => {
+                    vec![(ValueType::new(DType::I32, vec![batch, max_length]), None)]
+                }
+            })
+        }
         Op::MatMul => infer_matmul(op, ty(0), ty(1)),
         Op::Gemm { trans_a, trans_b } => {
             same_dtype(op, &[ty(0), ty(1)])?;

@@ -7,6 +7,75 @@ pub use infer::{InferInput, Inferred, broadcast_shapes, infer};
 
 use super::types::DType;
 
+/// Which of ONNX Runtime's generation operators a [`Op::Search`] node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SearchKind {
+    Greedy,
+    Beam,
+    Sampling,
+}
+
+impl SearchKind {
+    /// The ONNX Runtime operator.
+    pub fn op_type(self) -> &'static str {
+        match self {
+            SearchKind::Greedy => "GreedySearch",
+            SearchKind::Beam => "BeamSearch",
+            SearchKind::Sampling => "Sampling",
+        }
+    }
+
+    /// The operator's inputs this graph gives, in order, and their ONNX positions (the others stay
+    /// empty): `docs/ContribOperators.md`.
+    pub fn inputs(self) -> &'static [(&'static str, usize)] {
+        match self {
+            SearchKind::Greedy => &[
+                ("input_ids", 0),
+                ("max_length", 1),
+                ("min_length", 2),
+                ("repetition_penalty", 3),
+                ("attention_mask", 6),
+            ],
+            SearchKind::Sampling => &[
+                ("input_ids", 0),
+                ("max_length", 1),
+                ("min_length", 2),
+                ("repetition_penalty", 3),
+                ("attention_mask", 6),
+                ("seed", 8),
+            ],
+            SearchKind::Beam => &[
+                ("input_ids", 0),
+                ("max_length", 1),
+                ("min_length", 2),
+                ("num_beams", 3),
+                ("num_return_sequences", 4),
+                ("length_penalty", 5),
+                ("repetition_penalty", 6),
+                ("attention_mask", 9),
+            ],
+        }
+    }
+
+    fn positions(self) -> &'static [usize] {
+        match self {
+            SearchKind::Greedy => &[0, 1, 2, 3, 6],
+            SearchKind::Sampling => &[0, 1, 2, 3, 6, 8],
+            SearchKind::Beam => &[0, 1, 2, 3, 4, 5, 6, 9],
+        }
+    }
+}
+
+/// A graph held by a node attribute (a search operator's decoder). Compared by identity.
+#[derive(Clone, Debug)]
+pub struct Subgraph(pub std::sync::Arc<super::Graph>);
+
+impl PartialEq for Subgraph {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// An operator with its attributes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -40,6 +109,12 @@ pub enum Op {
         to: DType,
     },
     Identity,
+    /// Elementwise minimum of two inputs (numpy broadcasting).
+    Min,
+    /// Inputs: data, starts, ends, axes (int64 constants, opset 13 form).
+    Slice,
+    /// Inputs: x, axes (int64, opset 13 form).
+    Squeeze,
     // Linear algebra.
     MatMul,
     Gemm {
@@ -127,6 +202,16 @@ pub enum Op {
         heads: i64,
         scale: f32,
     },
+    /// `com.microsoft` GreedySearch, BeamSearch or Sampling: the whole generation loop over
+    /// `decoder` (ONNX Runtime's GPT-2 subgraph form; its weights are initializers of the outer
+    /// graph). Inputs as [`SearchKind::inputs`] lists them; outputs `sequences` (int32) and, for
+    /// beam search, `sequences_scores`.
+    Search {
+        kind: SearchKind,
+        decoder: Subgraph,
+        /// The operator's attributes other than `decoder`, in a fixed order.
+        attributes: Vec<(&'static str, AttrValue)>,
+    },
 }
 
 /// An attribute value as ONNX encodes it.
@@ -135,6 +220,7 @@ pub enum AttrValue {
     Int(i64),
     Float(f32),
     Ints(Vec<i64>),
+    Graph(Subgraph),
 }
 
 impl Op {
@@ -164,6 +250,9 @@ impl Op {
             Op::Clip => "Clip",
             Op::Cast { .. } => "Cast",
             Op::Identity => "Identity",
+            Op::Min => "Min",
+            Op::Slice => "Slice",
+            Op::Squeeze => "Squeeze",
             Op::MatMul => "MatMul",
             Op::Gemm { .. } => "Gemm",
             Op::Gather { .. } => "Gather",
@@ -186,6 +275,7 @@ impl Op {
             Op::SkipLayerNormalization { .. } => "SkipLayerNormalization",
             Op::FastGelu => "FastGelu",
             Op::GroupQueryAttention { .. } => "GroupQueryAttention",
+            Op::Search { kind, .. } => kind.op_type(),
         }
     }
 
@@ -195,7 +285,8 @@ impl Op {
             Op::MatMulNBits { .. }
             | Op::SkipLayerNormalization { .. }
             | Op::FastGelu
-            | Op::GroupQueryAttention { .. } => "com.microsoft",
+            | Op::GroupQueryAttention { .. }
+            | Op::Search { .. } => "com.microsoft",
             _ => "",
         }
     }
@@ -203,13 +294,15 @@ impl Op {
     /// The first default-domain opset where this op has the form we emit.
     pub fn min_opset(&self) -> i64 {
         match self {
+            Op::Slice | Op::Squeeze => 13,
             Op::LayerNormalization { .. } => 17,
             Op::ReduceMean { axes: None, .. } | Op::ReduceMax { axes: None, .. } => 18,
             Op::DequantizeLinear { block_size, .. } if *block_size > 0 => 21,
             Op::MatMulNBits { .. }
             | Op::SkipLayerNormalization { .. }
             | Op::FastGelu
-            | Op::GroupQueryAttention { .. } => 1,
+            | Op::GroupQueryAttention { .. }
+            | Op::Search { .. } => 1,
             Op::Attention { .. } => 23,
             _ => 14,
         }
@@ -270,6 +363,11 @@ impl Op {
                 ("num_heads", AttrValue::Int(*heads)),
                 ("scale", AttrValue::Float(*scale)),
             ],
+            Op::Search { decoder, attributes, .. } => {
+                let mut all = vec![("decoder", AttrValue::Graph(decoder.clone()))];
+                all.extend(attributes.iter().cloned());
+                all
+            }
             _ => Vec::new(),
         }
     }
@@ -287,6 +385,7 @@ impl Op {
     pub fn input_positions(&self) -> Option<&'static [usize]> {
         match self {
             Op::GroupQueryAttention { .. } => Some(&[0, 1, 2, 3, 4, 5, 6, 10]),
+            Op::Search { kind, .. } => Some(kind.positions()),
             _ => None,
         }
     }
@@ -309,6 +408,9 @@ impl Op {
             Op::SkipLayerNormalization { .. } => (5, 5),
             Op::FastGelu => (2, 2),
             Op::GroupQueryAttention { .. } => (8, 8),
+            Op::Min | Op::Squeeze => (2, 2),
+            Op::Slice => (4, 4),
+            Op::Search { kind, .. } => (kind.positions().len(), kind.positions().len()),
             _ => (1, 1),
         }
     }

@@ -84,6 +84,7 @@ fn to_value(t: &HostTensor) -> Result<DynValue, ort::Error> {
         HostData::F32(v) => Tensor::from_array((shape, v.clone()))?.into_dyn(),
         HostData::F16(v) => Tensor::from_array((shape, v.clone()))?.into_dyn(),
         HostData::I64(v) => Tensor::from_array((shape, v.clone()))?.into_dyn(),
+        HostData::I32(v) => Tensor::from_array((shape, v.clone()))?.into_dyn(),
     })
 }
 
@@ -114,6 +115,7 @@ impl GraphRunner for OrtRunner {
             ValueType::Tensor { ty: TensorElementType::Float32, .. } => Some(ElemType::F32),
             ValueType::Tensor { ty: TensorElementType::Float16, .. } => Some(ElemType::F16),
             ValueType::Tensor { ty: TensorElementType::Int64, .. } => Some(ElemType::I64),
+            ValueType::Tensor { ty: TensorElementType::Int32, .. } => Some(ElemType::I32),
             _ => None,
         }
     }
@@ -154,6 +156,13 @@ impl GraphRunner for OrtRunner {
                     HostTensor {
                         shape: shape.iter().map(|&d| d as usize).collect(),
                         data: HostData::I64(data.to_vec()),
+                    }
+                }
+                ValueType::Tensor { ty: TensorElementType::Int32, .. } => {
+                    let (shape, data) = value.try_extract_tensor::<i32>().map_err(|e| err(&e))?;
+                    HostTensor {
+                        shape: shape.iter().map(|&d| d as usize).collect(),
+                        data: HostData::I32(data.to_vec()),
                     }
                 }
                 other => {
