@@ -13,6 +13,8 @@ Models:
   tiny-trained   ../shared/models/tiny-trained (trained on English prose, real GPT-2 vocabulary):
                  meaningful prompts for greedy, beam search and a padded batch; tiny-trained-long.json:
                  prompts near 64 positions that grow past it (--long-only writes just that file).
+  search.json:   cases for ONNX Runtime's in-graph search operators (--search-only): a prompt holding the
+                 pad token read three ways, and beam search where no hypothesis ends early.
 
 Group (diverse) beam search left the library in transformers 4.57, so its cases are produced by running
 this script again under transformers 4.56 (--group-beam-only), with that version on PYTHONPATH:
@@ -172,6 +174,62 @@ def tiny_trained_long_cases(model, tok):
     ]
 
 
+def greedy_with_positions(model, prompt, mask, positions, new_tokens):
+    """Greedy decoding with explicit position ids (generate() derives them from the mask)."""
+    ids, mask, pos = torch.tensor([prompt]), torch.tensor([mask]), torch.tensor([positions])
+    out, past = list(prompt), None
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            step = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+            token = int(step.logits[0, -1].argmax())
+            out.append(token)
+            past = step.past_key_values
+            ids = torch.tensor([[token]])
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+            pos = pos[:, -1:] + 1
+    return out
+
+
+def search_cases(model):
+    """Cases for ONNX Runtime's in-graph search operators (tiny-default, whose pad is its EOS, 999).
+
+    A prompt holding the pad token, greedy, 10 new tokens: transformers attending to it with positions
+    0, 1, 2, … (its default, all-ones mask); transformers with it masked; and what the operators compute
+    when given the all-ones mask: they attend to it but number positions as if it were absent (every pad
+    token gets position 0 and is skipped when counting), reproduced here with explicit position ids.
+    Beam search with 4 beams × length_penalty {0.5, 1, 2} × early_stopping {true, false}, 2 sequences,
+    with the rare default EOS: no hypothesis ends early, so the operators' length normalisation (which
+    counts the prompt) ranks hypotheses as transformers' does."""
+    prompt = [51, 491, 571, 999, 618, 286, 501]
+    cases = []
+    for name, mask in (("pad_in_prompt_attended", [1] * len(prompt)),
+                       ("pad_in_prompt_masked", [0 if t == 999 else 1 for t in prompt])):
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.tensor([mask]),
+                                 max_new_tokens=10, do_sample=False, pad_token_id=999)
+        cases.append({"name": name, "prompts": [prompt], "attention_mask": [mask],
+                      "kwargs": {"max_new_tokens": 10, "do_sample": False, "pad_token_id": 999},
+                      "sequences": out.tolist(), "transformers": transformers.__version__})
+    positions, count = [], 0
+    for t in prompt:
+        positions.append(0 if t == 999 else count)
+        count += t != 999
+    ort = greedy_with_positions(model, prompt, [1] * len(prompt), positions, 10)
+    cases.append({"name": "pad_in_prompt_operator_positions", "prompts": [prompt], "position_ids": [positions],
+                  "kwargs": {"max_new_tokens": 10, "do_sample": False, "pad_token_id": 999},
+                  "sequences": [ort], "transformers": transformers.__version__})
+    assert len({json.dumps(c["sequences"]) for c in cases}) == 3, "the three readings of the prompt differ"
+    beam_prompt = [51, 491, 571, 618, 286, 501, 77, 282, 916]
+    for lp in (0.5, 1.0, 2.0):
+        for es in (True, False):
+            case = run_case(model, f"beam4_lp{lp}_es{es}", [beam_prompt], max_new_tokens=10, num_beams=4,
+                            num_return_sequences=2, length_penalty=lp, early_stopping=es, do_sample=False,
+                            pad_token_id=999)
+            assert all(999 not in s[len(beam_prompt):] for s in case["sequences"]), "no hypothesis ends early"
+            cases.append(case)
+    return cases
+
+
 def group_beam_cases(model, tok):
     p = tok("The quick brown fox")["input_ids"]
     p3 = tok("A")["input_ids"]
@@ -210,19 +268,27 @@ def main():
     p.add_argument("--group-beam-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--long-only", action="store_true",
                    help="write only generation/tiny-trained-long.json (leaves the other fixtures as they are)")
+    p.add_argument("--search-only", action="store_true",
+                   help="write only generation/search.json")
     args = p.parse_args()
     torch.use_deterministic_algorithms(True)
     out_dir = os.path.join(HERE, "generation")
+    if args.group_beam_only:
+        assert transformers.__version__.startswith("4.56"), transformers.__version__
+        model, tok = load(os.path.join(HERE, "tiny-default"))
+        save(os.path.join(out_dir, "tiny-default-group-beam.json"), group_beam_cases(model, tok))
+        return
+    if args.search_only:
+        model, _ = load(os.path.join(HERE, "tiny-default"))
+        save(os.path.join(out_dir, "search.json"), search_cases(model))
+        return
     trained, trained_tok = load(os.path.join(args.shared, "models", "tiny-trained"))
     save(os.path.join(out_dir, "tiny-trained-long.json"), tiny_trained_long_cases(trained, trained_tok))
     if args.long_only:
         return
     model, tok = load(os.path.join(HERE, "tiny-default"))
-    if args.group_beam_only:
-        assert transformers.__version__.startswith("4.56"), transformers.__version__
-        save(os.path.join(out_dir, "tiny-default-group-beam.json"), group_beam_cases(model, tok))
-        return
     save(os.path.join(out_dir, "tiny-default.json"), tiny_default_cases(model, tok))
+    save(os.path.join(out_dir, "search.json"), search_cases(model))
     save(os.path.join(out_dir, "tiny-trained.json"), tiny_trained_cases(trained, trained_tok))
     if args.transformers_4_56:
         env = dict(os.environ, PYTHONPATH=args.transformers_4_56)

@@ -253,6 +253,98 @@ fn kv_cache_shared_is_refused_where_it_cannot_apply() {
     assert!(help.contains("--kv-cache") && help.contains("GroupQueryAttention"), "{help}");
 }
 
+/// `--generation` and `--layout triton`: each combination the operators or Triton cannot take is one
+/// message before anything is written (a task without text generation, fp16, the genai and
+/// transformers.js layouts, more sequences than beams by default, top-k sampling, several EOS ids,
+/// a Triton repository of a model with a cache).
+#[test]
+fn generation_and_triton_are_refused_where_they_cannot_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let model = fixture();
+    let o = out.to_str().unwrap();
+    let export = |m: &Path, extra: &[&str]| gpt2c(&[&["export", m.to_str().unwrap(), "-o", o][..], extra].concat());
+    let with_generation = |name: &str, settings: serde_json::Value| {
+        let dir = tmp.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let ckpt = copy_fixture(&dir);
+        fs::write(ckpt.join("generation_config.json"), settings.to_string()).unwrap();
+        ckpt
+    };
+    let cases: Vec<(PathBuf, Vec<&str>, &str)> = vec![
+        (
+            model.clone(),
+            vec!["--generation", "greedy-search", "--task", "feature-extraction"],
+            "not feature-extraction",
+        ),
+        (model.clone(), vec!["--generation", "greedy-search", "--dtype", "fp16"], "--dtype fp16"),
+        (model.clone(), vec!["--generation", "greedy-search", "--layout", "genai"], "--layout genai"),
+        (
+            model.clone(),
+            vec!["--generation", "beam-search", "--kv-cache", "shared", "--target", "ort"],
+            "--kv-cache shared",
+        ),
+        (model.clone(), vec!["--generation", "sampling"], "`top_k` (50, transformers' default)"),
+        (model.clone(), vec!["--temperature", "0.5"], "need --generation"),
+        (model.clone(), vec!["--generation", "greedy-search", "--max-new-tokens", "5"], "--layout triton"),
+        (
+            model.clone(),
+            vec![
+                "--generation",
+                "beam-search",
+                "--layout",
+                "triton",
+                "--num-beams",
+                "2",
+                "--num-return-sequences",
+                "3",
+            ],
+            "`num_return_sequences` (3) must be from 1 to num_beams (2)",
+        ),
+        (model.clone(), vec!["--layout", "triton", "--task", "text-generation-with-past"], "stateless"),
+        (model.clone(), vec!["--layout", "triton", "--triton-model-name", "a/b"], "--triton-model-name"),
+        (
+            with_generation(
+                "beams",
+                serde_json::json!({"num_beams": 2, "num_return_sequences": 3, "eos_token_id": 999}),
+            ),
+            vec!["--generation", "beam-search"],
+            "`num_return_sequences` (3)",
+        ),
+        (
+            with_generation("eos", serde_json::json!({"eos_token_id": [1, 2]})),
+            vec!["--generation", "greedy-search"],
+            "`eos_token_id` has 2 ids",
+        ),
+        (
+            with_generation("typical", serde_json::json!({"typical_p": 0.5})),
+            vec!["--generation", "greedy-search"],
+            "`typical_p`",
+        ),
+    ];
+    for (m, extra, needle) in cases {
+        let output = export(&m, &extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle) && stderr.trim_end().lines().count() == 1, "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!out.exists(), "{extra:?} wrote {o}");
+    }
+    // Without --generation, a Triton repository holds the stateless text-generation task.
+    let output = export(&model, &["--layout", "triton", "-q"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let config = fs::read_to_string(out.join("tiny-default/config.pbtxt")).unwrap();
+    assert!(
+        config.contains("(text-generation)") && config.contains("stateless") && config.contains("TYPE_INT64"),
+        "{config}"
+    );
+    assert!(config.contains("name: \"logits\"") && !config.contains("present"), "{config}");
+    let help = String::from_utf8(gpt2c(&["export", "--help"]).stdout).unwrap();
+    for option in ["--generation", "greedy-search", "--triton-model-name", "--temperature", "GroupQueryAttention"] {
+        assert!(help.contains(option), "export --help lacks {option}");
+    }
+}
+
 /// `--config FILE --random-init --seed N` builds from a config alone; the same seed gives the same
 /// bytes, another seed other weights; --config needs --random-init, and a folder excludes --config.
 #[test]

@@ -404,3 +404,57 @@ fn a_closed_stdout_is_success_for_every_command() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// tiny-default exported with `--generation` (and extra export options).
+fn exported_search(generation: &str, extra: &[&str]) -> (tempfile::TempDir, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    let ckpt = models().join("tiny-default");
+    let args =
+        [&["export", ckpt.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q", "--generation", generation][..], extra];
+    let o = gpt2c(&args.concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    (tmp, out.to_str().unwrap().to_string())
+}
+
+fn token_ids(o: &Output) -> Vec<serde_json::Value> {
+    succeeded(o);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    doc["sequences"].as_array().unwrap().iter().map(|s| s["token_ids"].clone()).collect()
+}
+
+/// `gpt2c generate` runs an export whose graph searches: one call of its GreedySearch or
+/// BeamSearch node gives the ids gpt2c's own driver gives on the plain export; what the node cannot
+/// do (another search, settings it fixed or lacks, tract, perplexity) is one message naming it.
+#[test]
+fn generate_runs_an_in_graph_search_export() {
+    if !ort_available() {
+        return;
+    }
+    let (_plain_tmp, plain) = exported();
+    let (_greedy_tmp, greedy) = exported_search("greedy-search", &[]);
+    let (_beam_tmp, beam) = exported_search("beam-search", &[]);
+    let prompts = ["-p", "hello world", "-p", "a b"];
+    let run = |dir: &str, extra: &[&str]| {
+        gpt2c(
+            &[&["generate", dir, "--backend", "ort", "--json", "-q", "--max-new-tokens", "8"][..], &prompts, extra]
+                .concat(),
+        )
+    };
+    let want = token_ids(&run(&plain, &[]));
+    assert_eq!(want.len(), 2);
+    assert_eq!(token_ids(&run(&greedy, &[])), want, "GreedySearch in the graph, a padded batch of two");
+    let beams = ["--num-beams", "3", "--num-return-sequences", "2"];
+    let want = token_ids(&run(&plain, &beams));
+    assert_eq!(want.len(), 4);
+    assert_eq!(token_ids(&run(&beam, &beams)), want, "BeamSearch in the graph");
+    refused(&run(&greedy, &["--do-sample"]), &["do_sample", "GreedySearch"]);
+    refused(&run(&greedy, &["--typical-p", "0.5"]), &["typical_p", "GreedySearch"]);
+    refused(&run(&greedy, &["--no-repeat-ngram-size", "2"]), &["no_repeat_ngram_size", "fixed"]);
+    refused(&run(&beam, &["--num-beams", "2", "--early-stopping", "never"]), &["early_stopping", "never"]);
+    let tract = gpt2c(&["generate", &greedy, "--backend", "tract", "-p", "hello"]);
+    refused(&tract, &["tract", "GreedySearch"]);
+    let text = models().join("heldout/tiny-trained-heldout.txt");
+    let ppl = gpt2c(&["perplexity", &greedy, "--backend", "ort", "--text", text.to_str().unwrap()]);
+    refused(&ppl, &["GreedySearch", "plain export"]);
+}

@@ -275,6 +275,11 @@ pub fn export(
     };
     let described = match options.generation {
         Some(g) => format!("{} with {} inside the graph", task.describe(), g.kind().op_type()),
+        None if options.layout == crate::layout::Layout::Triton => format!(
+            "{}, stateless: each request computes every position (Triton keeps no key/value cache between \
+             requests; --generation puts the whole search in the graph)",
+            task.describe()
+        ),
         None => task.describe().to_string(),
     };
     let mut metadata: Vec<(String, String)> = vec![

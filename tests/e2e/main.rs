@@ -14,6 +14,7 @@ mod onnx_checker;
 mod parity;
 mod precision;
 mod sampling;
+mod search;
 mod streaming;
 mod verify;
 mod verify_inference;

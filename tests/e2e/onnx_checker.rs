@@ -78,3 +78,39 @@ fn external_data_and_every_opset_pass_the_full_check() {
         check(&python, &out.join("model.onnx"));
     }
 }
+
+/// The in-graph search models (the decoder as a subgraph whose weights live in the outer graph,
+/// external data included), the shared-cache graph and the Triton repository's model.
+#[test]
+fn search_and_shared_cache_exports_pass_the_full_check() {
+    use gpt2c_compiler::gpt2::search::{Generation, SearchOverrides};
+    use gpt2c_compiler::gpt2::{KvCache, Precision, Target};
+    let Some(python) = python_with_onnx() else {
+        return;
+    };
+    let sampling = SearchOverrides { top_k: Some(0), ..Default::default() };
+    for (generation, search, external) in [
+        (Generation::Greedy, SearchOverrides::default(), ExternalData::Auto),
+        (Generation::Beam, SearchOverrides::default(), ExternalData::Always),
+        (Generation::Sampling, sampling, ExternalData::Auto),
+    ] {
+        let options =
+            ExportOptions { generation: Some(generation), search, external_data: external, ..Default::default() };
+        let (_tmp, out) = export_fixture("tiny-default", &options);
+        check(&python, &out.join("model.onnx"));
+    }
+    let triton = ExportOptions {
+        generation: Some(Generation::Greedy),
+        search: SearchOverrides { max_new_tokens: Some(8), ..Default::default() },
+        layout: gpt2c_compiler::layout::Layout::Triton,
+        triton_name: Some("m".into()),
+        ..Default::default()
+    };
+    let (_tmp, out) = export_fixture("tiny-default", &triton);
+    check(&python, &out.join("m/1/model.onnx"));
+    let precision = Precision { target: Target::Ort, kv_cache: KvCache::Shared, ..Default::default() };
+    let shared =
+        ExportOptions { graph: GraphOptions { opset: 23, precision, ..Default::default() }, ..Default::default() };
+    let (_tmp, out) = export_fixture("tiny-default", &shared);
+    check(&python, &out.join("model.onnx"));
+}

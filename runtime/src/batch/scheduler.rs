@@ -58,6 +58,36 @@ pub(super) struct Scheduler<E: Engine> {
     /// Members whose prompt waits or is being prefilled, oldest first.
     prefills: VecDeque<u64>,
     prefix: PrefixCache,
+    /// How long decode steps and prefill passes take (per token), averaged as they run: a prefill
+    /// pass between two decode steps is sized to take about as long as a decode step.
+    timing: Timing,
+}
+
+/// Running averages of the engine's speed.
+#[derive(Default)]
+struct Timing {
+    decode_s: Option<f64>,
+    prefill_s_per_token: Option<f64>,
+}
+
+/// The smallest prefill pass while rows decode: smaller ones cost more per token than they save.
+const MIN_PREFILL_CHUNK: usize = 16;
+
+impl Timing {
+    fn average(old: Option<f64>, new: f64) -> Option<f64> {
+        Some(old.map_or(new, |o| 0.8 * o + 0.2 * new))
+    }
+
+    /// Tokens of a prefill pass while rows decode: about one decode step's time, between
+    /// [`MIN_PREFILL_CHUNK`] and `max`; `max` until both speeds are known.
+    fn chunk(&self, max: usize) -> usize {
+        match (self.decode_s, self.prefill_s_per_token) {
+            (Some(step), Some(per_token)) if per_token > 0.0 => {
+                ((step / per_token) as usize).clamp(MIN_PREFILL_CHUNK.min(max), max)
+            }
+            _ => max,
+        }
+    }
 }
 
 fn input(name: &str, message: String) -> RuntimeError {
@@ -93,6 +123,7 @@ impl<E: Engine> Scheduler<E> {
             batch: None,
             prefills: VecDeque::new(),
             prefix,
+            timing: Timing::default(),
         }
     }
 
@@ -284,7 +315,14 @@ impl<E: Engine> Scheduler<E> {
             }
             *cache = Some(start);
         }
-        let chunk = if whole { seq - *done } else { self.options.prefill_chunk.min(seq - *done) };
+        // Alone, a prompt is prefilled in passes of --prefill-chunk; beside decoding rows, in passes
+        // about as long as their steps, so they wait about a step more at most.
+        let max_chunk = if self.order.is_empty() {
+            self.options.prefill_chunk
+        } else {
+            self.timing.chunk(self.options.prefill_chunk)
+        };
+        let chunk = if whole { seq - *done } else { max_chunk.min(seq - *done) };
         let end = *done + chunk;
         let pick = |data: &[i64], width: usize, from: usize, to: usize| -> Vec<i64> {
             unique.iter().flat_map(|&r| data[r * width + from..r * width + to].iter().copied()).collect()
@@ -302,6 +340,7 @@ impl<E: Engine> Scheduler<E> {
         };
         let part = cache.take().ok_or_else(|| input("batch", "no cache".into()))?;
         self.stats.prefill_chunks.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let (logits, presents) = match self.engine.step(&inputs, &part.cache) {
             Ok(out) => out,
             Err(e) => {
@@ -309,6 +348,8 @@ impl<E: Engine> Scheduler<E> {
                 return Err(e);
             }
         };
+        let per_token = started.elapsed().as_secs_f64() / (chunk * u) as f64;
+        self.timing.prefill_s_per_token = Timing::average(self.timing.prefill_s_per_token, per_token);
         *cache = Some(CachePart { cache: presents, rows: u, width: end });
         *done = end;
         if end < seq {
@@ -368,7 +409,10 @@ impl<E: Engine> Scheduler<E> {
                 return;
             }
         }
-        if let Err(e) = self.rebuild(&participants).and_then(|()| self.run_decode(&participants)) {
+        let started = std::time::Instant::now();
+        let result = self.rebuild(&participants).and_then(|()| self.run_decode(&participants));
+        self.timing.decode_s = Timing::average(self.timing.decode_s, started.elapsed().as_secs_f64());
+        if let Err(e) = result {
             for &id in &participants {
                 self.fail(id, copy_error(&e));
             }
@@ -569,6 +613,19 @@ mod tests {
         let (sources, layout) = stable_layout(&same);
         assert_eq!(sources, vec![src(0, 0), src(0, 1), src(0, 2)]);
         assert_eq!(layout, vec![(7, vec![0, 1]), (8, vec![2])]);
+    }
+
+    #[test]
+    fn prefill_passes_take_about_a_decode_step() {
+        let mut t = Timing::default();
+        assert_eq!(t.chunk(256), 256, "unknown speeds: the largest pass");
+        t.decode_s = Some(0.080);
+        t.prefill_s_per_token = Some(0.0014);
+        assert_eq!(t.chunk(256), 57);
+        assert_eq!(t.chunk(32), 32, "never past --prefill-chunk");
+        t.decode_s = Some(0.001);
+        assert_eq!(t.chunk(256), MIN_PREFILL_CHUNK);
+        assert_eq!(t.chunk(8), 8);
     }
 
     #[test]
