@@ -11,6 +11,7 @@ use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_proto as pb;
 use gpt2c_runtime::BackendKind;
 use gpt2c_tests::{backends, export_fixture, fixture, repo_root};
+use gpt2c_verify::structure::Check;
 use gpt2c_verify::{Report, Status, VerifyOptions, verify};
 
 fn options(reference: Option<&Path>, backends: Vec<BackendKind>) -> VerifyOptions {
@@ -278,4 +279,56 @@ fn double_heads_project_to_one_label_without_id2label() {
     std::fs::write(ckpt.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     let (_out_tmp, out) = export_dir(&ckpt, &ExportOptions::default());
     assert_passes("double heads without id2label", &run(&out, Some(&ckpt)));
+}
+
+/// An export whose graph generates: the search node's own inputs and outputs, and its decoder
+/// subgraph checked as a model of its own (structure, ONNX Runtime's GPT-2 subgraph contract,
+/// inference) and run on each backend against the reference; damage to the decoder is caught.
+#[test]
+fn verify_checks_an_in_graph_search_export() {
+    use gpt2c_compiler::gpt2::search::{Generation, SearchOverrides};
+    let greedy = ExportOptions { generation: Some(Generation::Greedy), ..Default::default() };
+    let beam =
+        ExportOptions { generation: Some(Generation::Beam), external_data: ExternalData::Always, ..Default::default() };
+    let triton = ExportOptions {
+        generation: Some(Generation::Greedy),
+        search: SearchOverrides { max_new_tokens: Some(4), ..Default::default() },
+        layout: Layout::Triton,
+        triton_name: Some("m".into()),
+        ..Default::default()
+    };
+    for (label, options, model) in
+        [("greedy", &greedy, "model.onnx"), ("beam", &beam, "model.onnx"), ("triton", &triton, "m/1/model.onnx")]
+    {
+        let (_tmp, out) = export_fixture("tiny-default", options);
+        let report = run(&out.join(model), Some(&fixture("tiny-default")));
+        assert_passes(label, &report);
+        assert!(report.checks.iter().any(|c| c.check == Check::Decoder), "{label}: the decoder was checked");
+        let cases = report.numeric.iter().filter(|n| n.error.is_none() && n.passed).count();
+        assert_eq!(cases, 3 * backends().len(), "{label}: prompt, padded batch and decode step on each backend");
+    }
+    // A decoder input renamed: the decoder's contract fails (the outer graph is untouched).
+    let (_tmp, out) = export_fixture("tiny-default", &greedy);
+    damage(&out, |g| {
+        let node = g.node.iter_mut().find(|n| n.op_type() == "GreedySearch").unwrap();
+        let decoder = node.attribute.iter_mut().find(|a| a.name() == "decoder").unwrap().g.as_mut().unwrap();
+        let input = decoder.input.iter_mut().find(|i| i.name() == "position_ids").unwrap();
+        input.name = Some("positions".into());
+        for n in decoder.node.iter_mut() {
+            for i in n.input.iter_mut() {
+                if i == "position_ids" {
+                    *i = "positions".into();
+                }
+            }
+        }
+    });
+    let report = run(&out, None);
+    assert!(!report.passed);
+    let decoder = report.checks.iter().find(|c| c.check == Check::Decoder).unwrap();
+    assert_eq!(decoder.status, Status::Fail, "{}", report.to_text());
+    assert!(
+        decoder.findings.iter().any(|f| f.contains("decoder contract") && f.contains("position_ids")),
+        "{:?}",
+        decoder.findings
+    );
 }

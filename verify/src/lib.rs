@@ -15,6 +15,7 @@ pub mod contract;
 pub mod infer;
 pub mod numeric;
 pub mod reference;
+pub mod search;
 pub mod structure;
 
 use std::path::{Path, PathBuf};
@@ -146,8 +147,13 @@ pub fn locate_model(path: &Path) -> Result<(PathBuf, PathBuf), VerifyError> {
     }
     if path.is_file() {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        // transformers.js keeps the model in onnx/ and config.json one level up.
-        let export = if dir.file_name().is_some_and(|n| n == "onnx") && !dir.join("config.json").is_file() {
+        // transformers.js keeps the model in onnx/ and config.json one level up; a Triton repository
+        // in <name>/<version>/ with config.json in <name>/.
+        let nested = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == "onnx" || n.bytes().all(|b| b.is_ascii_digit()));
+        let export = if nested && !dir.join("config.json").is_file() {
             dir.parent().map(Path::to_path_buf).unwrap_or(dir)
         } else {
             dir
@@ -165,6 +171,22 @@ pub fn locate_model(path: &Path) -> Result<(PathBuf, PathBuf), VerifyError> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
         .collect();
+    // A Triton repository: <name>/<version>/model.onnx, config.json beside <name>/config.pbtxt.
+    let triton: Vec<PathBuf> = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("config.pbtxt").is_file())
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+        .map(|v| v.path().join(MODEL_FILE))
+        .filter(|m| m.is_file())
+        .collect();
+    if found.is_empty() && triton.len() == 1 {
+        let model = triton[0].clone();
+        let export = model.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| path.into());
+        return Ok((model, export));
+    }
+    found.extend(triton);
     found.sort();
     match found.len() {
         1 => Ok((found.remove(0), path.into())),
@@ -289,17 +311,33 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<Report, VerifyErro
     let task = config.as_ref().map_err(Clone::clone).and_then(|c| task_of(&model, c));
     report.task = task.as_ref().ok().map(|t| t.name().to_string());
     report.precision = metadata(&model, "gpt2c.precision").map(String::from);
-    match (&config, &task) {
-        (Ok(c), Ok(t)) => {
+    let search_op = search::search_node(&graph).map(|n| n.op_type().to_string());
+    match (&config, &task, &search_op) {
+        (_, _, Some(op)) => {
+            let fixed = !graph.input.iter().any(|i| i.name() == "max_length");
+            checks.record(Check::Contract, contract::check(&graph, &search::outer_contract(op, fixed)))
+        }
+        (Ok(c), Ok(t), None) => {
             checks.record(Check::Contract, contract::check(&graph, &contract::Contract::new(c, *t, float_type(&graph))))
         }
-        (Err(e), _) | (_, Err(e)) => {
+        (Err(e), _, None) | (_, Err(e), None) => {
             checks.skip(Check::Contract, format!("the contract needs the export's config.json and task: {e}"))
         }
     }
     match infer::infer_graph(&graph) {
         Ok(_) => checks.record(Check::Inference, Vec::new()),
         Err(d) => checks.record(Check::Inference, vec![Finding { check: Check::Inference, message: d.to_string() }]),
+    }
+    let decoder = search_op.as_ref().and_then(|_| search::decoder_model(&model));
+    match (&decoder, &config, &search_op) {
+        (Some(decoder), Ok(c), Some(_)) => checks.record(Check::Decoder, check_decoder(decoder, c)),
+        (None, _, Some(op)) => checks.record(
+            Check::Decoder,
+            vec![Finding { check: Check::Decoder, message: format!("the {op} node has no decoder subgraph") }],
+        ),
+        (Some(_), Err(e), _) => checks.skip(Check::Decoder, format!("the decoder's contract needs config.json: {e}")),
+        // No search operator: the graph is the decoder, checked above.
+        _ => {}
     }
 
     report.timings_s.insert("structure".into(), started.elapsed().as_secs_f64());
@@ -322,7 +360,9 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<Report, VerifyErro
                 });
             }
         } else {
-            let (numeric, timings) = compare_with_reference(&model_path, reference_dir, task, tolerance, options)?;
+            let decoder = decoder.map(|d| pb::encode_model(&d));
+            let (numeric, timings) =
+                compare_with_reference(&model_path, decoder, reference_dir, task, tolerance, options)?;
             report.numeric = numeric;
             report.timings_s.extend(timings);
         }
@@ -337,12 +377,30 @@ fn finish(mut report: Report, checks: Checks, started: Instant) -> Report {
     report
 }
 
+/// A search operator's decoder as a model of its own: every structural check that needs nothing
+/// but the model, its contract, and inference; findings say they are the decoder's.
+fn check_decoder(decoder: &pb::ModelProto, config: &Gpt2Config) -> Vec<Finding> {
+    let graph = decoder.graph.clone().unwrap_or_default();
+    let mut found: Vec<Finding> = structure::check_model(decoder);
+    found.extend(contract::check(&graph, &search::decoder_contract(config, float_type(&graph))));
+    if let Err(d) = infer::infer_graph(&graph) {
+        found.push(Finding { check: Check::Inference, message: d.to_string() });
+    }
+    found
+        .into_iter()
+        .map(|f| Finding { check: Check::Decoder, message: format!("decoder {}: {}", f.check.name(), f.message) })
+        .collect()
+}
+
 /// Seconds per phase, by phase name.
 type Timings = Vec<(String, f64)>;
 
-/// Runs every case on every backend and compares with the reference forward.
+/// Runs every case on every backend and compares with the reference forward. With a search
+/// operator's `decoder` (its model's bytes), the decoder runs instead, its inputs and outputs mapped
+/// to and from the plain export's, the reference's logits cut to the last position it returns.
 fn compare_with_reference(
     model_path: &Path,
+    decoder: Option<Vec<u8>>,
     reference_dir: &Path,
     task: Task,
     tolerance: Tolerance,
@@ -367,12 +425,19 @@ fn compare_with_reference(
         expected.push(run_reference(&model, &step)?);
         cases.push(step);
     }
+    for case in &mut cases {
+        case.logits_last_only = decoder.is_some();
+    }
     let mut timings = vec![("reference".to_string(), started.elapsed().as_secs_f64())];
     let runner_options = RunnerOptions { threads: options.threads, ..Default::default() };
     let mut results = Vec::new();
     for &kind in &options.backends {
         let started = Instant::now();
-        let mut runner = match gpt2c_runtime::load_runner(kind, model_path, &runner_options) {
+        let loaded = match &decoder {
+            Some(bytes) => gpt2c_runtime::backend::load_runner_bytes(kind, model_path, bytes.clone(), &runner_options),
+            None => gpt2c_runtime::load_runner(kind, model_path, &runner_options),
+        };
+        let mut runner = match loaded {
             Ok(r) => r,
             Err(e) => {
                 results.push(NumericResult {
@@ -386,11 +451,26 @@ fn compare_with_reference(
             }
         };
         for (case, want) in cases.iter().zip(&expected) {
-            let feed: Vec<(&str, &gpt2c_runtime::HostTensor)> =
-                case.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            let result = match runner.run(&feed) {
-                Ok(got) => {
-                    let outputs = numeric::compare(task, case, &got, want, tolerance);
+            let n_layer = ckpt.config.n_layer;
+            let ran = match &decoder {
+                Some(_) => search::to_decoder_inputs(&case.inputs, n_layer)
+                    .map_err(|e| e.to_string())
+                    .and_then(|inputs| {
+                        let feed: Vec<(&str, &gpt2c_runtime::HostTensor)> =
+                            inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+                        runner.run(&feed).map_err(|e| e.to_string())
+                    })
+                    .and_then(search::from_decoder_outputs)
+                    .map(|got| (got, search::last_position_logits(want.clone()))),
+                None => {
+                    let feed: Vec<(&str, &gpt2c_runtime::HostTensor)> =
+                        case.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+                    runner.run(&feed).map(|got| (got, want.clone())).map_err(|e| e.to_string())
+                }
+            };
+            let result = match ran {
+                Ok((got, want)) => {
+                    let outputs = numeric::compare(task, case, &got, &want, tolerance);
                     NumericResult {
                         backend: kind.name(),
                         case: case.name,
@@ -403,7 +483,7 @@ fn compare_with_reference(
                     backend: kind.name(),
                     case: case.name,
                     passed: false,
-                    error: Some(e.to_string()),
+                    error: Some(e),
                     outputs: Vec::new(),
                 },
             };

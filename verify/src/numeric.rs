@@ -49,6 +49,8 @@ pub struct Case {
     /// `mc_logits` is [batch, sequence]: transformers' `last`/`first`/`mean` summaries act on the
     /// choices axis of the 4-D hidden state, so each position mixes every choice's token there.
     mc_per_position: bool,
+    /// `logits` holds each row's last position only (a search operator's decoder).
+    pub logits_last_only: bool,
 }
 
 /// Comparison of one output.
@@ -179,7 +181,7 @@ pub fn cases(c: &Gpt2Config, task: Task, rng: &mut Rng) -> Result<Vec<Case>, Str
         }
         let mc_per_position = task == Task::MultipleChoice
             && c.summary.kind().is_ok_and(|k| k != gpt2c_compiler::checkpoint::SummaryType::ClsIndex);
-        out.push(Case { name, inputs, mask, rows: n, total: len, past: 0, mc_per_position });
+        out.push(Case { name, inputs, mask, rows: n, total: len, past: 0, mc_per_position, logits_last_only: false });
     }
     Ok(out)
 }
@@ -218,7 +220,16 @@ pub fn decode_case(
             inputs.push(("encoder_attention_mask".into(), m));
         }
     }
-    Ok(Case { name: "decode_step", inputs, mask, rows, total, past: previous.total, mc_per_position: false })
+    Ok(Case {
+        name: "decode_step",
+        inputs,
+        mask,
+        rows,
+        total,
+        past: previous.total,
+        mc_per_position: false,
+        logits_last_only: false,
+    })
 }
 
 impl Case {
@@ -233,6 +244,9 @@ impl Case {
             // Defined where every choice of the row has a real token.
             let choices = self.rows / shape[0].max(1);
             return (0..choices).all(|k| real(index[0] * choices + k, self.past + index[1]));
+        }
+        if name == "logits" && self.logits_last_only && !index.is_empty() {
+            return real(index[0], self.total - 1);
         }
         let pooled = matches!(task, Task::TextClassification) || name == "mc_logits";
         if pooled || index.len() < 2 {

@@ -37,11 +37,14 @@ pub enum Check {
     Contract,
     /// Element types and shapes inferred node by node agree with what the graph declares.
     Inference,
+    /// A search operator's decoder subgraph, as a model of its own: structure, its contract
+    /// (ONNX Runtime's GPT-2 subgraph form), inference.
+    Decoder,
 }
 
 impl Check {
     /// Every structural check, in the order they run.
-    pub const ALL: [Check; 9] = [
+    pub const ALL: [Check; 10] = [
         Check::Protobuf,
         Check::Versions,
         Check::Names,
@@ -51,6 +54,7 @@ impl Check {
         Check::Operators,
         Check::Contract,
         Check::Inference,
+        Check::Decoder,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Check {
             Check::Operators => "operators",
             Check::Contract => "contract",
             Check::Inference => "inference",
+            Check::Decoder => "decoder",
         }
     }
 }

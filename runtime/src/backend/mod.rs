@@ -190,3 +190,30 @@ pub fn load_runner(
         BackendKind::Tract => Err(RuntimeError::Disabled("tract")),
     }
 }
+
+/// Loads a model from `bytes` on the chosen backend; its external data is read beside `model`,
+/// which also names it in messages. No load-time rewriting (`options.logits` is ignored).
+pub fn load_runner_bytes(
+    kind: BackendKind,
+    model: &Path,
+    bytes: Vec<u8>,
+    options: &RunnerOptions,
+) -> Result<Box<dyn GraphRunner>, RuntimeError> {
+    options.validate()?;
+    match kind {
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => Ok(Box::new(ort::OrtRunner::load_bytes(model, bytes, options)?)),
+        #[cfg(not(feature = "ort"))]
+        BackendKind::Ort => {
+            let _ = (model, bytes);
+            Err(RuntimeError::Disabled("ort"))
+        }
+        #[cfg(feature = "tract")]
+        BackendKind::Tract => Ok(Box::new(tract::TractRunner::load_bytes(model, bytes, options)?)),
+        #[cfg(not(feature = "tract"))]
+        BackendKind::Tract => {
+            let _ = (model, bytes);
+            Err(RuntimeError::Disabled("tract"))
+        }
+    }
+}

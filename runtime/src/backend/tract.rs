@@ -26,6 +26,15 @@ fn tract_err(e: impl std::fmt::Display) -> RuntimeError {
 
 impl TractRunner {
     pub fn load(model: &Path, options: &RunnerOptions) -> Result<TractRunner, RuntimeError> {
+        Self::load_with(model, None, options)
+    }
+
+    /// Loads `bytes`, a model whose external data lives beside `model` (named in messages).
+    pub fn load_bytes(model: &Path, bytes: Vec<u8>, options: &RunnerOptions) -> Result<TractRunner, RuntimeError> {
+        Self::load_with(model, Some(bytes), options)
+    }
+
+    fn load_with(model: &Path, given: Option<Vec<u8>>, options: &RunnerOptions) -> Result<TractRunner, RuntimeError> {
         options.validate()?;
         if crate::specialize::gpt2c_kv_cache(model).as_deref() == Some("shared") {
             return Err(RuntimeError::Load {
@@ -42,7 +51,11 @@ impl TractRunner {
             last_position_logits: options.logits == super::LogitsScope::Last,
             pretransposed_head: true,
         };
-        let specialized = super::specialized_bytes(model, edits)?;
+        let given_bytes = given.is_some();
+        let specialized = match given {
+            Some(bytes) => Some(bytes),
+            None => super::specialized_bytes(model, edits)?,
+        };
         let inference = match &specialized {
             Some(bytes) => {
                 let proto = onnx.proto_model_for_read(&mut bytes.as_slice()).map_err(load)?;
@@ -76,7 +89,7 @@ impl TractRunner {
         let state = plan.spawn().map_err(load)?;
         Ok(TractRunner {
             state,
-            last_only: specialized.is_some() && edits.last_position_logits,
+            last_only: specialized.is_some() && !given_bytes && edits.last_position_logits,
             inputs,
             input_types,
             outputs,

@@ -36,6 +36,15 @@ pub struct OrtRunner {
 
 impl OrtRunner {
     pub fn load(model: &Path, options: &RunnerOptions) -> Result<OrtRunner, RuntimeError> {
+        Self::load_with(model, None, options)
+    }
+
+    /// Loads `bytes`, a model whose external data lives beside `model` (named in messages).
+    pub fn load_bytes(model: &Path, bytes: Vec<u8>, options: &RunnerOptions) -> Result<OrtRunner, RuntimeError> {
+        Self::load_with(model, Some(bytes), options)
+    }
+
+    fn load_with(model: &Path, given: Option<Vec<u8>>, options: &RunnerOptions) -> Result<OrtRunner, RuntimeError> {
         options.validate()?;
         let lib = loaded()?;
         let library = lib.library.display().to_string();
@@ -61,7 +70,11 @@ impl OrtRunner {
             last_position_logits: options.logits == crate::backend::LogitsScope::Last,
             pretransposed_head: false,
         };
-        let specialized = crate::backend::specialized_bytes(model, edits)?;
+        let given_bytes = given.is_some();
+        let specialized = match given {
+            Some(bytes) => Some(bytes),
+            None => crate::backend::specialized_bytes(model, edits)?,
+        };
         let session = match &specialized {
             Some(bytes) => {
                 // External data (model.onnx_data) is found next to the original file.
@@ -74,7 +87,8 @@ impl OrtRunner {
             None => builder.commit_from_file(model).map_err(|e| fail(&e))?,
         };
         let shared_cache = crate::specialize::gpt2c_kv_cache(model).as_deref() == Some("shared");
-        Ok(OrtRunner { session, library, providers, warnings, last_only: specialized.is_some(), shared_cache })
+        let last_only = specialized.is_some() && !given_bytes;
+        Ok(OrtRunner { session, library, providers, warnings, last_only, shared_cache })
     }
 }
 

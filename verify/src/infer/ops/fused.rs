@@ -280,3 +280,28 @@ pub(crate) fn ms_group_query_attention(n: &Node<'_>) -> R<Vec<Val>> {
         Val::new(q.elem, present),
     ])
 }
+
+/// `com.microsoft` GreedySearch, BeamSearch and Sampling: int32 `input_ids` `[batch, sequence]` in,
+/// int32 `sequences` `[batch, max_length]` out (`[batch, num_return_sequences, max_length]` and the
+/// float `sequences_scores` `[batch, num_return_sequences]` for beam search). The decoder subgraph
+/// is checked as a model of its own.
+pub(crate) fn search(n: &Node<'_>) -> R<Vec<Val>> {
+    let ids = n.input(0)?;
+    want(ids, "input_ids", &[INT32])?;
+    want(n.input(1)?, "max_length", &[INT32])?;
+    if ids.rank().is_some_and(|r| r != 2) {
+        return Err(format!("input_ids must be [batch, sequence], got {}", dims_text(ids.dims())));
+    }
+    if n.attr("decoder").and_then(|a| a.g.as_ref()).is_none() {
+        return Err("the decoder subgraph attribute is missing".into());
+    }
+    let batch = dim(ids, 0);
+    Ok(if n.proto.op_type() == "BeamSearch" {
+        vec![
+            Val::new(INT32, Some(vec![batch.clone(), SymDim::Unknown, SymDim::Unknown])),
+            Val::new(FLOAT, Some(vec![batch, SymDim::Unknown])),
+        ]
+    } else {
+        vec![Val::new(INT32, Some(vec![batch, SymDim::Unknown]))]
+    })
+}

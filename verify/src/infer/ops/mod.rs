@@ -162,6 +162,9 @@ pub static OPERATORS: &[Operator] = &[
     ms("Attention", ms_attention),
     ms("MultiHeadAttention", ms_multi_head_attention),
     ms("GroupQueryAttention", ms_group_query_attention),
+    ms("GreedySearch", search),
+    ms("BeamSearch", search),
+    ms("Sampling", search),
 ];
 
 /// `""` for the default domain under either of its names.
