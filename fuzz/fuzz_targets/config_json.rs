@@ -37,7 +37,22 @@ fuzz_target!(|data: &[u8]| {
     let _ = c.summary.kind();
     let _ = c.summary.activation();
     let generation = generation_config_from_model_config(&json);
-    let _ = gpt2c_compiler::layout::genai_config(&c, &generation);
+    for kv_cache in gpt2c_compiler::gpt2::KvCache::ALL {
+        let _ = gpt2c_compiler::layout::genai_config(&c, &generation, *kv_cache);
+    }
+    // The in-graph search settings from the same config, as generation_config.json (a refusal names
+    // its setting; never a panic).
+    for generation_kind in gpt2c_compiler::gpt2::search::Generation::ALL {
+        let resolved = gpt2c_compiler::gpt2::search::SearchSettings::resolve(
+            *generation_kind,
+            &c,
+            &json,
+            &Default::default(),
+        );
+        if let Err(e) = resolved {
+            assert!(e.to_string().starts_with("--generation"), "{e}");
+        }
+    }
 
     let Ok(task) = GraphOptions::default().task_for(&c) else { return };
     let parameters = (v + p + 2 * l + 2) * e + l * (4 * e * e + 2 * e * i) + c.num_labels as u64 * e;
