@@ -78,12 +78,14 @@ impl Timing {
         Some(old.map_or(new, |o| 0.8 * o + 0.2 * new))
     }
 
-    /// Tokens of a prefill pass while rows decode: about one decode step's time, between
-    /// [`MIN_PREFILL_CHUNK`] and `max`; `max` until both speeds are known.
-    fn chunk(&self, max: usize) -> usize {
+    /// Tokens of a prefill pass while rows decode: about one decode step's time for each prompt
+    /// waiting (the one being prefilled included), so a queue drains as fast as it fills the batch
+    /// and a lone newcomer delays the running rows by about a step; between [`MIN_PREFILL_CHUNK`]
+    /// and `max`, and `max` until both speeds are known.
+    fn chunk(&self, max: usize, waiting: usize) -> usize {
         match (self.decode_s, self.prefill_s_per_token) {
             (Some(step), Some(per_token)) if per_token > 0.0 => {
-                ((step / per_token) as usize).clamp(MIN_PREFILL_CHUNK.min(max), max)
+                ((step * waiting.max(1) as f64 / per_token) as usize).clamp(MIN_PREFILL_CHUNK.min(max), max)
             }
             _ => max,
         }
@@ -316,11 +318,11 @@ impl<E: Engine> Scheduler<E> {
             *cache = Some(start);
         }
         // Alone, a prompt is prefilled in passes of --prefill-chunk; beside decoding rows, in passes
-        // about as long as their steps, so they wait about a step more at most.
+        // about a step long per waiting prompt (see `Timing::chunk`).
         let max_chunk = if self.order.is_empty() {
             self.options.prefill_chunk
         } else {
-            self.timing.chunk(self.options.prefill_chunk)
+            self.timing.chunk(self.options.prefill_chunk, self.prefills.len())
         };
         let chunk = if whole { seq - *done } else { max_chunk.min(seq - *done) };
         let end = *done + chunk;
@@ -618,14 +620,17 @@ mod tests {
     #[test]
     fn prefill_passes_take_about_a_decode_step() {
         let mut t = Timing::default();
-        assert_eq!(t.chunk(256), 256, "unknown speeds: the largest pass");
+        assert_eq!(t.chunk(256, 1), 256, "unknown speeds: the largest pass");
         t.decode_s = Some(0.080);
         t.prefill_s_per_token = Some(0.0014);
-        assert_eq!(t.chunk(256), 57);
-        assert_eq!(t.chunk(32), 32, "never past --prefill-chunk");
+        assert_eq!(t.chunk(256, 1), 57);
+        assert_eq!(t.chunk(256, 0), 57);
+        assert_eq!(t.chunk(256, 3), 171, "a queue takes longer passes");
+        assert_eq!(t.chunk(256, 9), 256);
+        assert_eq!(t.chunk(32, 1), 32, "never past --prefill-chunk");
         t.decode_s = Some(0.001);
-        assert_eq!(t.chunk(256), MIN_PREFILL_CHUNK);
-        assert_eq!(t.chunk(8), 8);
+        assert_eq!(t.chunk(256, 1), MIN_PREFILL_CHUNK);
+        assert_eq!(t.chunk(8, 1), 8);
     }
 
     #[test]
