@@ -4,7 +4,7 @@
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use gpt2c_compiler::gpt2::search::Generation;
-use gpt2c_compiler::gpt2::{FloatType, KvCache, Quantize, Target, Task};
+use gpt2c_compiler::gpt2::{FloatType, Int4Activations, KvCache, Quantize, Target, Task};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
 
@@ -51,6 +51,10 @@ choice!(Quantize, {
     Quantize::Int8 => "int8 weights per output channel, activations quantized at run time",
     Quantize::Int8Weights => "int8 weights dequantized before a float MatMul",
     Quantize::Int4 => "4-bit weights in blocks of 32",
+});
+choice!(Int4Activations, {
+    Int4Activations::Int8 => "activations quantized to int8 per block at run time (MatMulNBits accuracy_level 4, fastest)",
+    Int4Activations::Float => "fp32 activations times the dequantized weights (accuracy_level unset)",
 });
 choice!(Target, {
     Target::Portable => "standard ONNX operators only (ONNX Runtime, tract, any runtime)",

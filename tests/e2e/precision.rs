@@ -15,7 +15,9 @@ use std::path::Path;
 use std::process::Command;
 
 use gpt2c_compiler::ExportOptions;
-use gpt2c_compiler::gpt2::{FloatType, GraphOptions, Part, Precision, Quantize, Target, single_linear_graph};
+use gpt2c_compiler::gpt2::{
+    FloatType, GraphOptions, Int4Activations, Part, Precision, Quantize, Target, single_linear_graph,
+};
 use gpt2c_compiler::onnx::{ModelMeta, encode_inline};
 use gpt2c_proto as pb;
 use gpt2c_runtime::generate::GenerationConfig;
@@ -25,6 +27,10 @@ use gpt2c_tests::{backends, empty_past, export_fixture, fixture, max_abs_diff, p
 
 fn mode(quantize: Quantize, target: Target) -> Precision {
     Precision { quantize, target, ..Default::default() }
+}
+
+fn int4_float_activations() -> Precision {
+    Precision { int4_activations: Some(Int4Activations::Float), ..mode(Quantize::Int4, Target::Ort) }
 }
 
 fn fp16(io: FloatType) -> Precision {
@@ -315,6 +321,32 @@ fn integer_matmul_weight_types(path: &Path) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// `accuracy_level` of every `MatMulNBits` in the model (0 when unset, as ONNX Runtime reads it).
+fn nbits_accuracy_levels(path: &Path) -> Vec<i64> {
+    let model = pb::decode_model(&std::fs::read(path).unwrap()).unwrap();
+    let graph = model.graph.as_ref().unwrap();
+    let level = |n: &pb::NodeProto| {
+        n.attribute.iter().find(|a| a.name.as_deref() == Some("accuracy_level")).and_then(|a| a.i).unwrap_or(0)
+    };
+    graph.node.iter().filter(|n| n.op_type.as_deref() == Some("MatMulNBits")).map(level).collect()
+}
+
+/// int4 under --target ort multiplies int8 activations unless told otherwise: ONNX Runtime's
+/// integer kernels, several times faster than its float path on x86.
+#[test]
+fn int4_activations_choose_the_accuracy_level() {
+    let expected_nodes = 4 * 2; // tiny-default: 2 layers × (c_attn, attn c_proj, c_fc, mlp c_proj)
+    for (precision, level) in [(mode(Quantize::Int4, Target::Ort), 4), (int4_float_activations(), 0)] {
+        let options = ExportOptions {
+            graph: GraphOptions { opset: 23, precision: precision.clone(), ..Default::default() },
+            ..Default::default()
+        };
+        let (_tmp, dir) = export_fixture("tiny-default", &options);
+        let levels = nbits_accuracy_levels(&dir.join("model.onnx"));
+        assert_eq!(levels, vec![level; expected_nodes], "{}", precision.describe());
+    }
+}
+
 /// A `[k, n]` weight quantized to 4 bits in blocks of 32 along K and dequantized, from the format's
 /// definition: the block's value of largest magnitude `m` gives the scale `m / -8`, values are
 /// `clamp(round_half_even(w / scale), -8, 7) × scale`.
@@ -437,7 +469,15 @@ fn int4_computes_its_dequantized_weights() {
     let mask = reference_inputs.get("c.attention_mask").as_i64().unwrap().to_vec();
     let valid = move |i: &[usize]| mask[i[0] * 7 + i[1]] == 1;
     for (name, target, opset) in [("int4-ort", Target::Ort, 23), ("int4-portable", Target::Portable, 21)] {
-        let precision = Precision { quantize: Quantize::Int4, target, skip: vec![Part::LmHead], ..Default::default() };
+        // Float activations: int8 activations (the --target ort default) are held to perplexity.
+        let int4_activations = (target == Target::Ort).then_some(Int4Activations::Float);
+        let precision = Precision {
+            quantize: Quantize::Int4,
+            target,
+            skip: vec![Part::LmHead],
+            int4_activations,
+            ..Default::default()
+        };
         let options =
             ExportOptions { graph: GraphOptions { opset, precision, ..Default::default() }, ..Default::default() };
         let (_tmp, dir) = export_fixture("tiny-default", &options);
@@ -504,6 +544,7 @@ fn perplexity_cost_of_each_mode_is_within_bounds() {
         ("int8-weights", mode(Quantize::Int8Weights, Target::Portable), 18, 0.005),
         ("int8", mode(Quantize::Int8, Target::Portable), 18, 0.015),
         ("int4-ort", mode(Quantize::Int4, Target::Ort), 23, 0.05),
+        ("int4-ort-float", int4_float_activations(), 23, 0.05),
         ("int4-portable", mode(Quantize::Int4, Target::Portable), 21, 0.05),
     ] {
         let p = ppl(name, precision, opset);
@@ -529,6 +570,16 @@ fn incompatible_precision_choices_are_refused() {
         ),
         (Precision { io_dtype: FloatType::Fp16, ..Default::default() }, 18, "needs --dtype fp16"),
         (mode(Quantize::Int4, Target::Portable), 18, "needs opset 21"),
+        (
+            Precision { int4_activations: Some(Int4Activations::Float), ..mode(Quantize::Int4, Target::Portable) },
+            21,
+            "--int4-activations applies to --quantize int4 with --target ort",
+        ),
+        (
+            Precision { int4_activations: Some(Int4Activations::Int8), ..mode(Quantize::Int8, Target::Ort) },
+            23,
+            "--int4-activations applies to --quantize int4 with --target ort",
+        ),
     ];
     for (precision, opset, needle) in cases {
         let options =

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use gpt2c_compiler::gpt2::search::{Generation, SearchOverrides};
-use gpt2c_compiler::gpt2::{DEFAULT_OPSET, FloatType, GraphOptions, KvCache, Part, Precision, Quantize, Target, Task};
+use gpt2c_compiler::gpt2::{
+    DEFAULT_OPSET, FloatType, GraphOptions, Int4Activations, KvCache, Part, Precision, Quantize, Target, Task,
+};
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
 use gpt2c_compiler::{ExportOptions, Progress, export};
@@ -83,6 +85,14 @@ pub struct ExportArgs {
     /// Parts left unquantized, comma-separated: attn, mlp, lm_head, embedding.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(Part))]
     pub quantize_skip: Vec<Part>,
+
+    /// What --quantize int4 --target ort multiplies the 4-bit weights with. int8 (default): the
+    /// activations quantized to int8 per block of 32 at run time and integer dot products
+    /// (MatMulNBits accuracy_level 4, ONNX Runtime's fastest CPU kernels; several times faster on x86
+    /// and ARM). float: fp32 activations times the dequantized weights (exactly the dequantized
+    /// model; slower).
+    #[arg(long, value_parser = choice::<Int4Activations>())]
+    pub int4_activations: Option<Int4Activations>,
 
     /// What the graph computes, with optimum's task names. Default: what config.json's
     /// `architectures` implies (GPT2LMHeadModel → text-generation-with-past, GPT2Model →
@@ -203,6 +213,7 @@ impl ExportArgs {
             skip: self.quantize_skip.clone(),
             target: self.target,
             kv_cache: self.kv_cache,
+            int4_activations: self.int4_activations,
         };
         let opset = self.opset.unwrap_or(DEFAULT_OPSET.max(precision.min_opset()));
         let search = SearchOverrides {

@@ -7,7 +7,7 @@
 //! | fp32 / fp16 | `MatMul(x, W)` in the compute type |
 //! | int8 | `DynamicQuantizeLinear(x)` → `MatMulInteger(x_q, W_q, x_zp, 128)` → `Cast` → `Mul(x_scale · w_scale)` (ONNX Runtime fuses this into DynamicQuantizeMatMul) |
 //! | int8-weights | `DequantizeLinear(W_q, w_scale, axis=1)` → `MatMul` |
-//! | int4, target ort | `com.microsoft.MatMulNBits(x, W_q4, scales)`, blocks of 32 along K |
+//! | int4, target ort | `com.microsoft.MatMulNBits(x, W_q4, scales)`, blocks of 32 along K; `accuracy_level` 4 (activations quantized to int8 per block at run time) unless `--int4-activations float` |
 //! | int4, portable | `DequantizeLinear(W_int4, scales, axis=0, block_size=32)` → `MatMul` (opset 21) |
 //!
 //! Quantized embeddings keep the table once, as int8 `[n_embd, vocab]` with
@@ -195,7 +195,13 @@ fn int4_matmul(
         let bq = b.initializer(&format!("{name}.weight_q4"), built(bq, name)?)?;
         let s =
             b.initializer(&format!("{name}.weight_scales"), built(Tensor::from_f32(vec![n * blocks], &scales), name)?)?;
-        let op = Op::MatMulNBits { k: k as i64, n: n as i64, bits: 4, block_size: INT4_BLOCK as i64 };
+        let op = Op::MatMulNBits {
+            k: k as i64,
+            n: n as i64,
+            bits: 4,
+            block_size: INT4_BLOCK as i64,
+            accuracy_level: p.int4_activations().accuracy_level(),
+        };
         Ok(b.node1(op, &[x, bq, s])?)
     } else {
         let wq = b.initializer(

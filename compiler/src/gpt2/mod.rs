@@ -19,7 +19,7 @@ pub mod search;
 pub mod task;
 
 pub use linear::single_linear_graph;
-pub use precision::{FloatType, KvCache, Part, Precision, PrecisionError, Quantize, Target};
+pub use precision::{FloatType, Int4Activations, KvCache, Part, Precision, PrecisionError, Quantize, Target};
 pub use task::Task;
 
 use crate::checkpoint::{Checkpoint, WeightError, Weights};

@@ -22,6 +22,7 @@ crate::named::named_enum!(Quantize, "quantization", {
 });
 crate::named::named_enum!(Target, "target", { Portable => "portable", Ort => "ort" });
 crate::named::named_enum!(KvCache, "key/value cache", { Concat => "concat", Shared => "shared" });
+crate::named::named_enum!(Int4Activations, "int4 activation type", { Int8 => "int8", Float => "float" });
 
 impl FloatType {
     pub fn dtype(self) -> DType {
@@ -71,6 +72,27 @@ pub enum KvCache {
     Shared,
 }
 
+/// What int4 matmuls multiply the 4-bit weights with (`--int4-activations`), under `--target ort`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int4Activations {
+    /// Activations quantized to int8 per block of 32 at run time, integer dot products
+    /// (`MatMulNBits` `accuracy_level` 4): ONNX Runtime's fastest CPU kernels, as llama.cpp's Q4_0 does.
+    Int8,
+    /// fp32 activations times the dequantized weights (`accuracy_level` unset): exactly the
+    /// dequantized model, slower.
+    Float,
+}
+
+impl Int4Activations {
+    /// `MatMulNBits`' `accuracy_level` attribute (0 = unset).
+    pub fn accuracy_level(self) -> i64 {
+        match self {
+            Int4Activations::Int8 => 4,
+            Int4Activations::Float => 0,
+        }
+    }
+}
+
 /// Parts of the model quantization can skip (`--quantize-skip`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -108,6 +130,10 @@ pub enum PrecisionError {
         "--kv-cache shared needs --target ort with fp32 compute (it is ONNX Runtime's GroupQueryAttention in the fused blocks)"
     )]
     SharedCacheNeedsOrt,
+    #[error(
+        "--int4-activations applies to --quantize int4 with --target ort (MatMulNBits); the portable int4 graph always multiplies float activations"
+    )]
+    Int4ActivationsNeedsOrtInt4,
     #[error("--opset {opset}: {needs} needs opset {min} or later")]
     OpsetTooLow { opset: i64, min: i64, needs: &'static str },
 }
@@ -122,6 +148,8 @@ pub struct Precision {
     pub skip: Vec<Part>,
     pub target: Target,
     pub kv_cache: KvCache,
+    /// int4 under `--target ort`: the activations' type (None: [`Int4Activations::Int8`]).
+    pub int4_activations: Option<Int4Activations>,
 }
 
 impl Precision {
@@ -135,6 +163,9 @@ impl Precision {
         }
         if self.kv_cache == KvCache::Shared && (self.target != Target::Ort || self.compute() != DType::F32) {
             return Err(PrecisionError::SharedCacheNeedsOrt);
+        }
+        if self.int4_activations.is_some() && (self.quantize != Quantize::Int4 || self.target != Target::Ort) {
+            return Err(PrecisionError::Int4ActivationsNeedsOrtInt4);
         }
         Ok(())
     }
@@ -151,6 +182,11 @@ impl Precision {
     /// The quantization applied to `part`.
     pub fn quant_for(&self, part: Part) -> Quantize {
         if self.skip.contains(&part) { Quantize::None } else { self.quantize }
+    }
+
+    /// What `MatMulNBits` multiplies its 4-bit weights with.
+    pub fn int4_activations(&self) -> Int4Activations {
+        self.int4_activations.unwrap_or(Int4Activations::Int8)
     }
 
     /// Element type of matmul inputs and weights.
@@ -186,7 +222,11 @@ impl Precision {
             Quantize::Int8 => "int8 (dynamic)".into(),
             Quantize::Int8Weights => "int8 weights".into(),
             Quantize::Int4 => {
-                format!("int4 ({})", if self.target == Target::Ort { "MatMulNBits" } else { "DequantizeLinear" })
+                if self.target == Target::Ort {
+                    format!("int4 (MatMulNBits, {} activations)", self.int4_activations())
+                } else {
+                    "int4 (DequantizeLinear)".into()
+                }
             }
         };
         if !self.skip.is_empty() && self.quantize != Quantize::None {

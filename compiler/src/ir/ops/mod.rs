@@ -172,11 +172,13 @@ pub enum Op {
         block_size: i64,
     },
     /// `com.microsoft` 4-bit blocked matmul: inputs A, B (packed uint8 [N, blocks, blob]), scales.
+    /// `accuracy_level` 4 quantizes A to int8 in blocks at run time (integer dot products); 0 keeps it float.
     MatMulNBits {
         k: i64,
         n: i64,
         bits: i64,
         block_size: i64,
+        accuracy_level: i64,
     },
     // Fused blocks.
     /// Attention (opset 23) with a cache: inputs Q, K, V `[B, S, heads·D]`, an additive mask broadcast
@@ -346,12 +348,18 @@ impl Op {
                 }
                 attrs
             }
-            Op::MatMulNBits { k, n, bits, block_size } => vec![
-                ("K", AttrValue::Int(*k)),
-                ("N", AttrValue::Int(*n)),
-                ("bits", AttrValue::Int(*bits)),
-                ("block_size", AttrValue::Int(*block_size)),
-            ],
+            Op::MatMulNBits { k, n, bits, block_size, accuracy_level } => {
+                let mut attrs = vec![
+                    ("K", AttrValue::Int(*k)),
+                    ("N", AttrValue::Int(*n)),
+                    ("bits", AttrValue::Int(*bits)),
+                    ("block_size", AttrValue::Int(*block_size)),
+                ];
+                if *accuracy_level != 0 {
+                    attrs.push(("accuracy_level", AttrValue::Int(*accuracy_level)));
+                }
+                attrs
+            }
             Op::Attention { heads, scale } => vec![
                 ("kv_num_heads", AttrValue::Int(*heads)),
                 ("q_num_heads", AttrValue::Int(*heads)),
