@@ -13,6 +13,9 @@ Models:
   tiny-trained   ../shared/models/tiny-trained (trained on English prose, real GPT-2 vocabulary):
                  meaningful prompts for greedy, beam search and a padded batch; tiny-trained-long.json:
                  prompts near 64 positions that grow past it (--long-only writes just that file).
+  prompt-lookup.json: greedy search with prompt lookup decoding (prompt_lookup_num_tokens,
+                 max_matching_ngram_size) on tiny-trained and tiny-default, prompts whose continuation
+                 copies from them; each case also checks that plain greedy gives the same ids (--lookup-only).
   search.json:   cases for ONNX Runtime's in-graph search operators (--search-only): a prompt holding the
                  pad token read three ways, and beam search where no hypothesis ends early.
 
@@ -174,6 +177,42 @@ def tiny_trained_long_cases(model, tok):
     ]
 
 
+def lookup_cases(trained, trained_tok, tiny, tiny_tok):
+    """Prompt lookup decoding. `sequences` are plain greedy's, which gpt2c must give; transformers' own
+    prompt lookup output (`lookup_sequences`) starts with them but can run one token past max_new_tokens
+    (its drafts are not capped by the length left: copy_trigram shows it), which gpt2c never does."""
+    passage = ("The relationship could be a matter of historical connection with the subject or with related "
+               "matters, or of legal, commercial, philosophical, ethical or political position regarding them. "
+               "The Invariant Sections are certain Secondary Sections whose titles are designated. "
+               "The relationship could be")
+    copy = trained_tok(passage)["input_ids"]
+    fox = tiny_tok("The quick brown fox jumps over the lazy dog. The quick brown")["input_ids"]
+    cases = [
+        (trained, "copy_passage", [copy], dict(max_new_tokens=40, prompt_lookup_num_tokens=10)),
+        (trained, "copy_trigram", [copy], dict(max_new_tokens=30, prompt_lookup_num_tokens=4,
+                                                max_matching_ngram_size=3)),
+        (trained, "copy_with_penalty", [copy], dict(max_new_tokens=30, prompt_lookup_num_tokens=6,
+                                                     repetition_penalty=1.3)),
+        (trained, "short_prompt", [trained_tok("You can")["input_ids"]], dict(max_new_tokens=30,
+                                                                              prompt_lookup_num_tokens=5)),
+        (trained, "room_for_fewer_drafts", [copy], dict(max_new_tokens=3, prompt_lookup_num_tokens=10)),
+        (tiny, "tiny_default_copy", [fox], dict(max_new_tokens=24, prompt_lookup_num_tokens=5,
+                                                max_matching_ngram_size=1)),
+    ]
+    out = []
+    for model, name, prompts, kwargs in cases:
+        lookup = run_case(model, name, prompts, do_sample=False, **kwargs)
+        plain = {k: v for k, v in lookup["kwargs"].items()
+                 if k not in ("prompt_lookup_num_tokens", "max_matching_ngram_size")}
+        case = run_case(model, name, prompts, **plain)
+        case["kwargs"] = lookup["kwargs"]
+        case["lookup_sequences"] = lookup["sequences"]
+        width = len(case["sequences"][0])
+        assert lookup["sequences"][0][:width] == case["sequences"][0], name
+        out.append(case)
+    return out
+
+
 def greedy_with_positions(model, prompt, mask, positions, new_tokens):
     """Greedy decoding with explicit position ids (generate() derives them from the mask)."""
     ids, mask, pos = torch.tensor([prompt]), torch.tensor([mask]), torch.tensor([positions])
@@ -270,6 +309,8 @@ def main():
                    help="write only generation/tiny-trained-long.json (leaves the other fixtures as they are)")
     p.add_argument("--search-only", action="store_true",
                    help="write only generation/search.json")
+    p.add_argument("--lookup-only", action="store_true",
+                   help="write only generation/prompt-lookup.json")
     args = p.parse_args()
     torch.use_deterministic_algorithms(True)
     out_dir = os.path.join(HERE, "generation")
@@ -283,10 +324,13 @@ def main():
         save(os.path.join(out_dir, "search.json"), search_cases(model))
         return
     trained, trained_tok = load(os.path.join(args.shared, "models", "tiny-trained"))
+    model, tok = load(os.path.join(HERE, "tiny-default"))
+    save(os.path.join(out_dir, "prompt-lookup.json"), lookup_cases(trained, trained_tok, model, tok))
+    if args.lookup_only:
+        return
     save(os.path.join(out_dir, "tiny-trained-long.json"), tiny_trained_long_cases(trained, trained_tok))
     if args.long_only:
         return
-    model, tok = load(os.path.join(HERE, "tiny-default"))
     save(os.path.join(out_dir, "tiny-default.json"), tiny_default_cases(model, tok))
     save(os.path.join(out_dir, "search.json"), search_cases(model))
     save(os.path.join(out_dir, "tiny-trained.json"), tiny_trained_cases(trained, trained_tok))

@@ -65,8 +65,10 @@ fn generate_reproduces_transformers_greedy_ids() {
     if ort_available() {
         backends.push("ort");
     }
-    for backend in backends {
-        let o = gpt2c(&[
+    // Prompt lookup decoding gives greedy search's ids (the session then reads every position).
+    let runs = backends.iter().flat_map(|&b| [(b, None), (b, Some("3"))]);
+    for (backend, lookup) in runs {
+        let mut args = vec![
             "generate",
             &dir,
             "--prompt",
@@ -76,12 +78,14 @@ fn generate_reproduces_transformers_greedy_ids() {
             "--json",
             "--backend",
             backend,
-        ]);
+        ];
+        args.extend(lookup.map(|n| ["--prompt-lookup-num-tokens", n]).iter().flatten());
+        let o = gpt2c(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let got: Vec<u64> =
             out["sequences"][0]["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-        assert_eq!(got, expected, "{backend}");
+        assert_eq!(got, expected, "{backend} {lookup:?}");
         assert!(out["sequences"][0]["text"].as_str().unwrap().starts_with("The quick brown fox"));
     }
     // Plain output streams the prompt and its continuation on one line.
@@ -285,7 +289,7 @@ fn beam_sampling_with_few_candidates_and_huge_durations_run() {
 #[test]
 fn out_of_range_settings_name_the_setting() {
     let (_tmp, dir) = exported();
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["--do-sample", "--num-return-sequences", "3000000000"], "`num_return_sequences`"),
         (&["--num-beams", "3000000000"], "`num_beams`"),
         (&["--num-beams", "70000"], "`num_beams`"),
@@ -296,6 +300,9 @@ fn out_of_range_settings_name_the_setting() {
         (&["--max-time", "inf"], "`max_time`"),
         (&["--repetition-penalty", "nan"], "`repetition_penalty`"),
         (&["--threads", "100000"], "`threads`"),
+        (&["--prompt-lookup-num-tokens", "0"], "`prompt_lookup_num_tokens`"),
+        (&["--prompt-lookup-num-tokens", "4", "--do-sample"], "`prompt_lookup_num_tokens`"),
+        (&["--prompt-lookup-num-tokens", "4", "--prompt", "Two prompts"], "`prompt_lookup_num_tokens`"),
     ];
     for (flags, needle) in cases {
         let mut args = vec!["generate", dir.as_str(), "--prompt", "Hello", "--backend", "tract"];

@@ -457,6 +457,11 @@ fn bad_requests_get_400_naming_the_field() {
             Some("stream_options"),
         ),
         (json!({"model": m, "prompt": "Hi", "top_k": -3}).to_string(), 400, Some("top_k")),
+        (
+            json!({"model": m, "prompt": "Hi", "prompt_lookup_num_tokens": 4}).to_string(),
+            400,
+            Some("prompt_lookup_num_tokens"),
+        ),
         (json!({"model": m, "prompt": "Hi", "num_beams": 2, "n": 3}).to_string(), 400, Some("n")),
         (
             json!({"model": m, "prompt": "Hi", "max_tokens": 5, "max_new_tokens": 6}).to_string(),

@@ -36,6 +36,17 @@ impl Logits {
     }
 }
 
+/// Each row's last-position logits of a step's.
+pub fn last_positions(all: &AllLogits) -> Logits {
+    let mut data = Vec::with_capacity(all.rows * all.vocab);
+    if let Some(last) = all.positions.checked_sub(1) {
+        for r in 0..all.rows {
+            data.extend_from_slice(all.at(r, last));
+        }
+    }
+    Logits { rows: all.rows, vocab: all.vocab, data }
+}
+
 /// A graph with its own key/value cache.
 pub trait DecoderSession {
     /// Runs new tokens for every row and appends them to the cache; returns last-position logits.
@@ -48,6 +59,16 @@ pub trait DecoderSession {
     fn past_len(&self) -> usize;
     /// Drops the cache.
     fn reset(&mut self);
+    /// Keeps the first `len` cached positions (speculative decoding drops the drafted tokens it
+    /// rejected). Sessions that cannot say so.
+    fn truncate(&mut self, len: usize) -> Result<(), RuntimeError> {
+        Err(input_error("cache", format!("this session cannot drop cached positions (to {len})")))
+    }
+    /// Whether [`forward_all`](DecoderSession::forward_all) returns every new position's logits
+    /// (sessions opened with `LogitsScope::All`).
+    fn all_logits(&self) -> bool {
+        false
+    }
 }
 
 /// `inner`, with each forward pass's last-position logits shown to `on_forward` as it returns:
@@ -63,8 +84,11 @@ impl DecoderSession for Observed<'_> {
         (self.on_forward)(&logits);
         Ok(logits)
     }
+    /// Also shown to `on_forward`, as the last position's logits.
     fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
-        self.inner.forward_all(step)
+        let all = self.inner.forward_all(step)?;
+        (self.on_forward)(&last_positions(&all));
+        Ok(all)
     }
     fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError> {
         self.inner.select_rows(rows)
@@ -74,6 +98,12 @@ impl DecoderSession for Observed<'_> {
     }
     fn reset(&mut self) {
         self.inner.reset()
+    }
+    fn truncate(&mut self, len: usize) -> Result<(), RuntimeError> {
+        self.inner.truncate(len)
+    }
+    fn all_logits(&self) -> bool {
+        self.inner.all_logits()
     }
 }
 
@@ -159,12 +189,7 @@ fn input_error(name: &str, message: String) -> RuntimeError {
 
 impl<E: Engine> DecoderSession for CachedSession<E> {
     fn forward(&mut self, step: &StepInput<'_>) -> Result<Logits, RuntimeError> {
-        let all = self.run_step(step)?;
-        let mut last = Vec::with_capacity(all.rows * all.vocab);
-        for r in 0..all.rows {
-            last.extend_from_slice(all.at(r, all.positions - 1));
-        }
-        Ok(Logits { rows: all.rows, vocab: all.vocab, data: last })
+        Ok(last_positions(&self.run_step(step)?))
     }
 
     fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError> {
@@ -199,6 +224,33 @@ impl<E: Engine> DecoderSession for CachedSession<E> {
         self.rows = 0;
         self.past = 0;
         self.engine.reset();
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<(), RuntimeError> {
+        if len > self.past {
+            return Err(input_error("cache", format!("cannot keep {len} positions: {} are cached", self.past)));
+        }
+        if len == self.past || self.cache.is_empty() {
+            return Ok(());
+        }
+        let cache = std::mem::take(&mut self.cache);
+        match self.engine.truncate(cache, self.rows, self.past, len) {
+            Ok(cache) => {
+                self.cache = cache;
+                self.past = len;
+                Ok(())
+            }
+            Err(e) => {
+                // The cache went with the failed call: start over rather than run on a stale length.
+                self.rows = 0;
+                self.past = 0;
+                Err(e)
+            }
+        }
+    }
+
+    fn all_logits(&self) -> bool {
+        !self.engine.last_logits_only()
     }
 }
 

@@ -119,6 +119,30 @@ impl HostTensor {
         Some(HostTensor { shape, data })
     }
 
+    /// A rank-4 cache tensor `[rows, heads, width, head_dim]` cut to its first `keep` positions;
+    /// `None` for another rank or `keep` past `width`.
+    pub fn first_positions(&self, keep: usize) -> Option<HostTensor> {
+        let &[rows, heads, width, dim] = &self.shape[..] else { return None };
+        if keep > width {
+            return None;
+        }
+        fn cut<T: Clone>(v: &[T], lines: usize, width: usize, keep: usize) -> Option<Vec<T>> {
+            let mut out = Vec::with_capacity(lines * keep);
+            for line in 0..lines {
+                out.extend_from_slice(v.get(line * width..line * width + keep)?);
+            }
+            Some(out)
+        }
+        let lines = rows * heads;
+        let data = match &self.data {
+            HostData::F32(v) => HostData::F32(cut(v, lines, width * dim, keep * dim)?),
+            HostData::F16(v) => HostData::F16(cut(v, lines, width * dim, keep * dim)?),
+            HostData::I64(v) => HostData::I64(cut(v, lines, width * dim, keep * dim)?),
+            HostData::I32(v) => HostData::I32(cut(v, lines, width * dim, keep * dim)?),
+        };
+        Some(HostTensor { shape: vec![rows, heads, keep, dim], data })
+    }
+
     pub fn dtype_name(&self) -> &'static str {
         match self.data {
             HostData::F32(_) => "float",

@@ -287,6 +287,13 @@ pub fn parse(body: &[u8], ctx: &Context<'_>) -> Result<Completion, ApiError> {
             }
             "suffix" if v.is_null() || v.as_str() == Some("") => {}
             "suffix" => return Err(ApiError::invalid("suffix", "`suffix` (insertion) is not supported by GPT-2")),
+            // A batch step feeds one token per row; drafting several for one request is `gpt2c generate`'s.
+            "prompt_lookup_num_tokens" | "max_matching_ngram_size" if !v.is_null() => {
+                return Err(ApiError::invalid(
+                    key,
+                    format!("`{key}` (prompt lookup decoding) is not supported by the server; use `gpt2c generate`"),
+                ));
+            }
             k if TRANSFORMERS_FIELDS.contains(&k) => {}
             other => {
                 return Err(ApiError::invalid(

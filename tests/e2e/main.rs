@@ -15,6 +15,7 @@ mod parity;
 mod precision;
 mod sampling;
 mod search;
+mod speculative;
 mod streaming;
 mod verify;
 mod verify_inference;

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// specializes the graph to the last position).
     #[arg(long)]
     pub all_logits: bool,
+    /// Prompt lookup decoding with up to N drafted tokens per pass (greedy, --batch 1): decode speed
+    /// then depends on how much the output repeats the prompt (give one with --prompt-ids).
+    #[arg(long, value_name = "N")]
+    pub prompt_lookup_num_tokens: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -102,7 +106,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--repeat + --warmup is {}; at most {MAX_RUNS} runs", args.repeat.saturating_add(args.warmup));
     }
 
-    let logits = if args.all_logits { LogitsScope::All } else { LogitsScope::Last };
+    let all = args.all_logits || args.prompt_lookup_num_tokens.is_some();
+    let logits = if all { LogitsScope::All } else { LogitsScope::Last };
     let options = args.run.options(logits, Some(2))?;
     let model = ExportedModel::open(&args.model)?;
     let vocab = model.config.vocab_size;
@@ -122,7 +127,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let prompts = vec![prompt.clone(); args.batch];
     let overrides = json!({
         "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "num_beams": args.num_beams,
-        "do_sample": false, "early_stopping": true,
+        "do_sample": false, "early_stopping": true, "prompt_lookup_num_tokens": args.prompt_lookup_num_tokens,
     });
     let config =
         GenerationConfig::from_json(&model.generation_json, overrides.as_object().unwrap_or(&Default::default()))?;

@@ -133,6 +133,14 @@ pub struct GenerationOptions {
     /// Never repeat an n-gram of this size.
     #[arg(long)]
     pub no_repeat_ngram_size: Option<usize>,
+    /// Prompt lookup decoding (greedy search, one prompt): draft up to N tokens that followed an
+    /// earlier occurrence of the last n-gram and verify them in one pass with the cache; the output
+    /// is greedy search's, faster where the text repeats its context (summaries, code edits, quotes).
+    #[arg(long, value_name = "N")]
+    pub prompt_lookup_num_tokens: Option<usize>,
+    /// Prompt lookup decoding: the longest n-gram matched (default 2).
+    #[arg(long, value_name = "N")]
+    pub max_matching_ngram_size: Option<usize>,
     /// Token id sequences that must not be generated, as JSON: `[[1, 2], [3]]`.
     #[arg(long)]
     pub bad_words_ids: Option<String>,
@@ -206,6 +214,7 @@ impl GenerationOptions {
         opt!(seed, max_length, max_new_tokens, min_length, min_new_tokens, max_time, do_sample, num_beams);
         opt!(num_beam_groups, diversity_penalty, length_penalty, num_return_sequences, temperature, top_k, top_p);
         opt!(min_p, typical_p, epsilon_cutoff, eta_cutoff, repetition_penalty, no_repeat_ngram_size);
+        opt!(prompt_lookup_num_tokens, max_matching_ngram_size);
         opt!(suppress_tokens, begin_suppress_tokens, forced_bos_token_id, forced_eos_token_id);
         opt!(remove_invalid_values, renormalize_logits, eos_token_id, pad_token_id, bos_token_id);
         if !self.stop_strings.is_empty() {
@@ -241,6 +250,12 @@ impl GenerationOptions {
     }
 }
 
+/// Generation reads the last position only (the LM head skips the others), unless prompt lookup
+/// verifies drafted tokens, which reads every position.
+pub fn logits_scope(config: &GenerationConfig) -> LogitsScope {
+    if config.prompt_lookup_num_tokens.is_some() { LogitsScope::All } else { LogitsScope::Last }
+}
+
 fn read_prompts(args: &GenerateArgs) -> anyhow::Result<Vec<String>> {
     let mut prompts = args.prompts.clone();
     if let Some(path) = &args.prompts_file {
@@ -258,8 +273,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let prompts = read_prompts(&args)?;
     let overrides = args.options.overrides()?;
     let choice = args.run.choice();
-    // Generation reads the last position only: skip the LM head elsewhere.
-    let options = args.run.options(LogitsScope::Last, None)?;
+    args.run.options(LogitsScope::Last, None)?;
     let started = Instant::now();
     let model = ExportedModel::open(&args.model)?;
     let tokenizer = model.tokenizer()?;
@@ -267,6 +281,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let ids =
         prompts.iter().map(|p| tokenizer.encode(p).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
     gpt2c_runtime::generate::check(model.config.limits(), &ids, &config, Some(&tokenizer))?;
+    let options = args.run.options(logits_scope(&config), None)?;
     let mut generator = TextGenerator::from_parts(model, tokenizer, choice, &options)?;
     let loaded = started.elapsed();
     let note = |msg: &str| {

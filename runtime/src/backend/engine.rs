@@ -114,6 +114,26 @@ pub trait Engine {
     fn copy_in(&mut self, tensors: &[HostTensor]) -> Result<Vec<Self::Value>, RuntimeError>;
     /// Gives back a cache the caller no longer needs.
     fn release(&mut self, _cache: Vec<Self::Value>) {}
+    /// `cache` (`rows` rows, `width` positions, every row using all of them) cut to its first
+    /// `keep` positions: drafted tokens a speculative step rejected. Through host memory here;
+    /// an engine may do it in place.
+    fn truncate(
+        &mut self,
+        cache: Vec<Self::Value>,
+        rows: usize,
+        width: usize,
+        keep: usize,
+    ) -> Result<Vec<Self::Value>, RuntimeError> {
+        let host = self.copy_out(&cache, rows, width)?;
+        self.release(cache);
+        let cut = host.iter().map(|t| t.first_positions(keep)).collect::<Option<Vec<_>>>().ok_or_else(|| {
+            RuntimeError::Input {
+                name: "cache".into(),
+                message: format!("cannot keep {keep} of {width} cached positions"),
+            }
+        })?;
+        self.copy_in(&cut)
+    }
     /// Whether the graph computes last-position logits only.
     fn last_logits_only(&self) -> bool;
     /// How rows of different lengths share a cache.

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::GenerateError;
-use super::limits::{MAX_COUNT, MAX_LIST_IDS, MAX_STOP_STRING_BYTES, MAX_STOP_STRINGS};
+use super::limits::{MAX_COUNT, MAX_DRAFT_TOKENS, MAX_LIST_IDS, MAX_STOP_STRING_BYTES, MAX_STOP_STRINGS};
 
 /// `eos_token_id` / `forced_eos_token_id`: one id or several.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -93,6 +93,10 @@ pub struct GenerationConfig {
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<TokenIds>,
+    /// Prompt lookup decoding: drafted tokens per verification pass (greedy search only).
+    pub prompt_lookup_num_tokens: Option<usize>,
+    /// Prompt lookup decoding: the longest n-gram matched against earlier tokens (default 2).
+    pub max_matching_ngram_size: Option<usize>,
     /// Not a transformers field: the seed of gpt2c's sampler (a fresh one when unset).
     pub seed: Option<u64>,
     /// Set when the caller (not the file) chose `max_length`: transformers then
@@ -138,6 +142,8 @@ impl Default for GenerationConfig {
             pad_token_id: None,
             bos_token_id: None,
             eos_token_id: None,
+            prompt_lookup_num_tokens: None,
+            max_matching_ngram_size: None,
             seed: None,
             max_length_from_caller: false,
         }
@@ -200,6 +206,8 @@ impl GenerationConfig {
         "pad_token_id",
         "bos_token_id",
         "eos_token_id",
+        "prompt_lookup_num_tokens",
+        "max_matching_ngram_size",
         "seed",
     ];
 
@@ -223,6 +231,26 @@ impl GenerationConfig {
         })?;
         config.max_length_from_caller = overrides.get("max_length").is_some_and(|v| !v.is_null());
         Ok(config)
+    }
+
+    /// Prompt lookup settings: counts in range, and greedy search on one sequence (the driver
+    /// verifies drafts against greedy choices; transformers also allows one prompt only).
+    fn validate_prompt_lookup(&self) -> Result<(), GenerateError> {
+        for (field, value) in [
+            ("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens),
+            ("max_matching_ngram_size", self.max_matching_ngram_size),
+        ] {
+            if let Some(v) = value.filter(|v| !(1..=MAX_DRAFT_TOKENS).contains(v)) {
+                return Err(invalid(field, format!("({v}) must be between 1 and {MAX_DRAFT_TOKENS}")));
+            }
+        }
+        if self.prompt_lookup_num_tokens.is_some() && self.mode() != Mode::Greedy {
+            return Err(invalid(
+                "prompt_lookup_num_tokens",
+                "prompt lookup decoding runs with greedy search only (do_sample false, num_beams 1)",
+            ));
+        }
+        Ok(())
     }
 
     /// The EOS ids (empty when none).
@@ -285,6 +313,7 @@ impl GenerationConfig {
         if self.max_new_tokens == Some(0) {
             return Err(invalid("max_new_tokens", "must be at least 1"));
         }
+        self.validate_prompt_lookup()?;
         if self.max_length == 0 {
             return Err(invalid("max_length", "must be at least 1"));
         }
@@ -499,6 +528,11 @@ mod tests {
             (r#"{"eos_token_id": 5000}"#, "eos_token_id"),
             (r#"{"repetition_penalty": -1.0}"#, "repetition_penalty"),
             (r#"{"num_return_sequences": 2}"#, "num_return_sequences"),
+            (r#"{"prompt_lookup_num_tokens": 0}"#, "prompt_lookup_num_tokens"),
+            (r#"{"prompt_lookup_num_tokens": 257}"#, "prompt_lookup_num_tokens"),
+            (r#"{"max_matching_ngram_size": 0}"#, "max_matching_ngram_size"),
+            (r#"{"prompt_lookup_num_tokens": 4, "do_sample": true}"#, "prompt_lookup_num_tokens"),
+            (r#"{"prompt_lookup_num_tokens": 4, "num_beams": 2}"#, "prompt_lookup_num_tokens"),
         ];
         for (overrides, field) in cases {
             let err = parse("{}", overrides).and_then(|c| c.validate(1000).map(|_| c)).unwrap_err();

@@ -23,6 +23,9 @@ pub const MAX_BYTES: u64 = 1 << 40;
 pub const MAX_COUNT: usize = u32::MAX as usize;
 /// Token ids in one list setting (nested lists counted together).
 pub const MAX_LIST_IDS: usize = 1 << 20;
+/// Tokens one speculative verification pass may draft (`prompt_lookup_num_tokens`) or match
+/// (`max_matching_ngram_size`): each drafted position adds a row of logits to the pass.
+pub const MAX_DRAFT_TOKENS: usize = 256;
 /// Stop strings in one call.
 pub const MAX_STOP_STRINGS: usize = 64;
 /// Bytes of one stop string.

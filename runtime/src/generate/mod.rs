@@ -12,6 +12,7 @@ pub mod config;
 mod group_beam;
 mod guard;
 pub mod limits;
+mod lookup;
 mod math;
 pub mod processors;
 mod rows;
@@ -187,10 +188,11 @@ pub fn generate_with_clock(
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<GenerationOutput, GenerateError> {
     let (plan, notices) = plan(limits, prompts, config, tokenizer, clock)?;
-    let mut out = match plan.mode {
-        Mode::Greedy | Mode::Sample => sample::run(session, prompts, &plan, on_token)?,
-        Mode::BeamSearch | Mode::BeamSample => beam::run(session, prompts, &plan)?,
-        Mode::GroupBeamSearch => group_beam::run(session, prompts, &plan)?,
+    let mut out = match (plan.mode, plan.config.prompt_lookup_num_tokens) {
+        (Mode::Greedy, Some(num)) => lookup::run(session, prompts, &plan, num, on_token)?,
+        (Mode::Greedy | Mode::Sample, _) => sample::run(session, prompts, &plan, on_token)?,
+        (Mode::BeamSearch | Mode::BeamSample, _) => beam::run(session, prompts, &plan)?,
+        (Mode::GroupBeamSearch, _) => group_beam::run(session, prompts, &plan)?,
     };
     out.notices.extend(notices);
     out.seed = matches!(plan.mode, Mode::Sample | Mode::BeamSample).then_some(plan.seed);
@@ -236,6 +238,15 @@ fn plan<'t>(
         if let Some(&token) = p.iter().find(|&&t| t as usize >= limits.vocab_size) {
             return Err(GenerateError::BadToken { index, token, vocab: limits.vocab_size });
         }
+    }
+    if config.prompt_lookup_num_tokens.is_some() && prompts.len() != 1 {
+        return Err(GenerateError::Config {
+            field: "prompt_lookup_num_tokens".into(),
+            message: format!(
+                "prompt lookup decoding takes one prompt at a time ({} given), as transformers' assisted generation",
+                prompts.len()
+            ),
+        });
     }
     let eos = config.eos();
     let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);

@@ -475,6 +475,34 @@ fn copy_in_with<T: Copy + Default>(
     out
 }
 
+/// Set `slot` cut to its first `keep` positions, in place: a shared set only forgets the rest (its
+/// rows keep their stride); a concatenating set's rows move up to the new, shorter stride, which
+/// is what the graph reads as `past` next.
+fn truncate_with<T: Copy>(pool: &mut Pool<T>, slot: Slot, keep: usize, sizes: Sizes) -> Result<(), String> {
+    let set = match pool.sets.get_mut(slot.0) {
+        Some(set) if !pool.free.contains(&slot.0) => set,
+        _ => return Err("the cache is not held by this engine".into()),
+    };
+    if keep > set.past {
+        return Err(format!("cannot keep {keep} positions: {} are cached", set.past));
+    }
+    if !sizes.shared {
+        let (dim, lines) = (sizes.head_dim, set.rows * sizes.n_head);
+        for b in &mut set.tensors {
+            if b.len() < lines * set.capacity * dim {
+                return Err("a cache buffer is shorter than its rows".into());
+            }
+            // Destinations never pass their sources (keep ≤ capacity), so lines move in order.
+            for line in 1..lines {
+                b.copy_within(line * set.capacity * dim..line * set.capacity * dim + keep * dim, line * keep * dim);
+            }
+        }
+        set.capacity = keep;
+    }
+    set.past = keep;
+    Ok(())
+}
+
 impl OrtEngine {
     /// The buffer set every tensor of `cache` names.
     fn slot_of(&self, cache: &[Slot]) -> Result<Slot, RuntimeError> {
@@ -629,6 +657,29 @@ impl Engine for OrtEngine {
             }
         };
         Ok(vec![Slot(out); self.present_names.len()])
+    }
+
+    fn truncate(
+        &mut self,
+        cache: Vec<Slot>,
+        rows: usize,
+        width: usize,
+        keep: usize,
+    ) -> Result<Vec<Slot>, RuntimeError> {
+        let slot = self.slot_of(&cache)?;
+        if self.held(slot) != Some((rows, width)) {
+            return Err(self.err(format!("the cache does not hold {rows} rows × {width} positions")));
+        }
+        if slot == Slot::EMPTY || keep == width {
+            return Ok(cache);
+        }
+        let sizes = self.sizes;
+        let done = match &mut self.buffers {
+            Buffers::F32(pool) => truncate_with(pool, slot, keep, sizes),
+            Buffers::F16(pool) => truncate_with(pool, slot, keep, sizes),
+        };
+        done.map_err(cache_error)?;
+        Ok(cache)
     }
 
     fn release(&mut self, cache: Vec<Slot>) {

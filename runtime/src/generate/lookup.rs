@@ -1,0 +1,164 @@
+//! Prompt lookup decoding (transformers' `prompt_lookup_num_tokens`): greedy search that drafts
+//! the tokens which followed an earlier occurrence of the sequence's last n-gram, runs the drafts
+//! through the model in one pass with the cache, keeps the longest prefix greedy search agrees
+//! with, and drops the rest from the cache. Each kept token is the one plain greedy search picks
+//! from that pass's logits, so the output is plain greedy's (up to the float rounding of a
+//! multi-token pass against single steps, which matters only where two top logits nearly tie);
+//! text that repeats its context takes several tokens per pass.
+//!
+//! One prompt at a time, as transformers' assisted generation; the session must return every
+//! position's logits (`LogitsScope::All`) and be able to drop cached positions.
+
+use super::guard::{blame, check_logits, scan};
+use super::math::{argmax, log_softmax_at};
+use super::{GenerateError, GenerationOutput, Plan, SequenceResult};
+use crate::session::{DecoderSession, StepInput};
+
+/// transformers' default `max_matching_ngram_size`.
+const DEFAULT_NGRAM: usize = 2;
+
+fn setting_error(message: impl Into<String>) -> GenerateError {
+    GenerateError::Config { field: "prompt_lookup_num_tokens".into(), message: message.into() }
+}
+
+/// Up to `num` tokens that followed the first earlier occurrence of the last n-gram of `tokens`
+/// (longest n first, from `max_ngram` down to 1), cut before an EOS token: transformers'
+/// `PromptLookupCandidateGenerator`, less its check of each draft against the logits processors
+/// (a draft they forbid is simply not kept; replaying the processors over the vocabulary for
+/// every draft costs more than the pass it might save).
+fn draft(tokens: &[u32], num: usize, max_ngram: usize, eos: &[u32]) -> Vec<u32> {
+    let len = tokens.len();
+    for n in (1..=max_ngram.min(len.saturating_sub(1))).rev() {
+        let tail = &tokens[len - n..];
+        for start in 0..=len - n {
+            if &tokens[start..start + n] != tail {
+                continue;
+            }
+            let from = start + n;
+            let to = (from + num).min(len);
+            if from >= to {
+                continue;
+            }
+            let chosen: Vec<u32> = tokens[from..to].iter().copied().take_while(|t| !eos.contains(t)).collect();
+            if !chosen.is_empty() {
+                return chosen;
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// Greedy search's choice from one position's logits after `tokens`, with its log-probability.
+fn choose(plan: &Plan<'_>, tokens: &[u32], raw: &[f32], step: usize) -> Result<(u32, f32), GenerateError> {
+    check_logits(raw, plan.config.remove_invalid_values, 0, step)?;
+    let mut scores = raw.to_vec();
+    plan.pipeline.apply(tokens, &mut scores, &[]);
+    let s = scan(&scores);
+    if s.invalid || !s.live {
+        return Err(blame(&plan.pipeline, tokens, raw, &[], step));
+    }
+    let token = argmax(&scores);
+    Ok((token as u32, log_softmax_at(&scores, token)))
+}
+
+pub(super) fn run(
+    session: &mut dyn DecoderSession,
+    prompts: &[Vec<u32>],
+    plan: &Plan<'_>,
+    num_tokens: usize,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<GenerationOutput, GenerateError> {
+    let [prompt] = prompts else {
+        return Err(setting_error(format!(
+            "prompt lookup decoding takes one prompt at a time ({} given), as transformers' assisted generation",
+            prompts.len()
+        )));
+    };
+    if !session.all_logits() {
+        return Err(setting_error(
+            "prompt lookup decoding needs a session that returns every position's logits (LogitsScope::All)",
+        ));
+    }
+    let max_ngram = plan.config.max_matching_ngram_size.unwrap_or(DEFAULT_NGRAM);
+    let mut tokens = prompt.clone();
+    let mut logprobs = Vec::new();
+    session.reset();
+    // The cache holds every token but the last chosen one; `pending` is what the next pass feeds.
+    let mut pending = vec![prompt.clone()];
+    let finish = loop {
+        // One pass: the tokens not yet cached (the last chosen one and the drafts).
+        let feed: Vec<u32> = pending.concat();
+        let past = session.past_len();
+        let ids: Vec<i64> = feed.iter().map(|&t| i64::from(t)).collect();
+        let mask = vec![1i64; past + feed.len()];
+        let positions: Vec<i64> = (past..past + feed.len()).map(|p| p as i64).collect();
+        let all = session.forward_all(&StepInput {
+            rows: 1,
+            seq: feed.len(),
+            input_ids: &ids,
+            attention_mask: &mask,
+            position_ids: &positions,
+        })?;
+        if all.vocab != plan.vocab {
+            return Err(GenerateError::VocabMismatch { got: all.vocab, expected: plan.vocab });
+        }
+        if all.rows != 1 || all.positions != feed.len() || all.data.len() != feed.len() * all.vocab {
+            return Err(GenerateError::Runtime(crate::backend::RuntimeError::Input {
+                name: "logits".into(),
+                message: format!("[{}, {}, vocab], expected [1, {}, vocab]", all.rows, all.positions, feed.len()),
+            }));
+        }
+        // The drafts sit after the first pending piece (the prompt, or the last chosen token).
+        let drafts = pending.get(1).cloned().unwrap_or_default();
+        let first = feed.len() - drafts.len() - 1;
+        let mut finished = None;
+        let mut kept = 0;
+        for i in 0..=drafts.len() {
+            let step = tokens.len() - prompt.len();
+            let (token, logprob) = choose(plan, &tokens, all.at(0, first + i), step)?;
+            tokens.push(token);
+            logprobs.push(logprob);
+            on_token(0, token);
+            finished = plan.stopping.check(&tokens);
+            if finished.is_some() || drafts.get(i) != Some(&token) {
+                break;
+            }
+            kept += 1;
+        }
+        if let Some(reason) = finished {
+            break reason;
+        }
+        // Keep the prompt or last token and the drafts greedy search agreed with.
+        session.truncate(past + first + 1 + kept)?;
+        let last = *tokens.last().unwrap_or(&0);
+        let room = plan.max_length.saturating_sub(tokens.len() + 1);
+        let next = draft(&tokens, num_tokens.min(room), max_ngram, &plan.eos);
+        pending = vec![vec![last], next];
+    };
+    let results = vec![SequenceResult {
+        prompt: 0,
+        tokens: tokens[prompt.len()..].to_vec(),
+        finish_reason: finish,
+        score: None,
+        token_logprobs: logprobs,
+    }];
+    Ok(GenerationOutput { sequences: vec![tokens], prompt_len: prompt.len(), results, notices: Vec::new(), seed: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drafts_follow_the_first_match_of_the_longest_ngram() {
+        let t = &[1u32, 2, 3, 4, 5, 9, 3, 4, 6, 7, 3, 4];
+        // "3 4" occurs at 2 and 6; the first one is followed by 5 9 3.
+        assert_eq!(draft(t, 3, 2, &[]), vec![5, 9, 3]);
+        // EOS cuts the draft.
+        assert_eq!(draft(t, 3, 2, &[9]), vec![5]);
+        // Drafts stop at the end of the sequence.
+        assert_eq!(draft(&[7, 8, 7], 5, 2, &[]), vec![8, 7]);
+        // No earlier match: nothing.
+        assert_eq!(draft(&[1, 2, 3], 4, 2, &[]), Vec::<u32>::new());
+    }
+}
