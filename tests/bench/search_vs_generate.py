@@ -4,6 +4,7 @@ ONNX Runtime's convert_generation.py, in one run.
 
     python tests/bench/search_vs_generate.py CHECKPOINT [--gpt2c target/release/gpt2c] [--threads 2]
         [--prompt-tokens 128] [--new-tokens 64] [--repeat 3] [--workdir DIR] [--json FILE]
+        [--transformers-path DIR]   # an older transformers for convert_generation.py (see below)
 
 CHECKPOINT: a GPT-2 folder (tests/bench/make_random_checkpoint.py gpt2-small DIR makes one). Rows:
 - gpt2c generate (greedy; 4 beams): `gpt2c bench` on the default export, ONNX Runtime, --threads.
@@ -67,20 +68,40 @@ def gpt2c_bench(gpt2c, export, beams, args):
     return {"prefill_ms": round(out["prefill_ms"], 1), "decode_per_s": round(out["decode_tok_s"], 2)}
 
 
-def convert_generation(checkpoint, workdir, beams):
+# ONNX Runtime's tool run with GPT-2's SDPA attention switched off: it traces at opset 11, which has no
+# scaled_dot_product_attention. Its GPT-2 wrapper passes the cache as stacked tuples, which transformers
+# 4.57 no longer takes, so an older transformers goes first on PYTHONPATH (--transformers-path).
+CONVERT = """
+import runpy, sys
+import transformers.models.gpt2.modeling_gpt2 as m
+m.GPT2PreTrainedModel._supports_sdpa = False
+sys.argv = ["convert_generation"] + sys.argv[1:]
+runpy.run_module("onnxruntime.transformers.convert_generation", run_name="__main__")
+"""
+
+
+def convert_generation(checkpoint, workdir, beams, transformers_path):
     """ONNX Runtime's own tool: exports with PyTorch, then wraps the search; returns a model path or raises."""
     out = os.path.join(workdir, f"convert_generation_{'beam' if beams > 1 else 'greedy'}.onnx")
     if os.path.exists(out):
         return out
-    cmd = [sys.executable, "-m", "onnxruntime.transformers.convert_generation", "-m", checkpoint, "--model_type",
-           "gpt2", "--output", out, "--cache_dir", os.path.join(workdir, "cache"), "--num_beams", str(beams),
-           "--num_return_sequences", "1", "--disable_parity"]
-    if beams == 1:
-        cmd += ["--generation_type", "greedysearch"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=1800)
-    if r.returncode != 0 or not os.path.exists(out):
+    cmd = [sys.executable, "-c", CONVERT, "-m", checkpoint, "--model_type", "gpt2", "--output", out,
+           "--cache_dir", os.path.join(workdir, "cache"), "--num_beams", str(beams), "--num_return_sequences", "1",
+           "--disable_parity"]
+    env = dict(os.environ)
+    if transformers_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [transformers_path, env.get("PYTHONPATH")]))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=1800, env=env)
+    if not os.path.exists(out):
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
         raise RuntimeError(" | ".join(tail) or f"exit {r.returncode}")
+    # The tool saves with the installed onnx package's IR version, which may be newer than ONNX Runtime
+    # reads (its own test of the file then fails): the graph itself needs no newer IR.
+    import onnx
+    model = onnx.load(out)
+    if model.ir_version > 10:
+        model.ir_version = 10
+        onnx.save(model, out)
     return out
 
 
@@ -94,6 +115,8 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workdir")
     p.add_argument("--json")
+    p.add_argument("--transformers-path", help="a folder with an older transformers for convert_generation.py "
+                   "(pip install --target DIR --no-deps transformers==4.44.2 tokenizers==0.19.1)")
     args = p.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="search-bench-")
     os.makedirs(work, exist_ok=True)
@@ -116,7 +139,7 @@ def main():
     rows.append(("in-graph BeamSearch, 4 beams (gpt2c export)", in_graph(os.path.join(exports["beam"], "model.onnx"), 4, args, prompt, pad)))
     for beams, label in ((1, "GreedySearch"), (4, "BeamSearch, 4 beams")):
         try:
-            model = convert_generation(args.checkpoint, work, beams)
+            model = convert_generation(args.checkpoint, work, beams, args.transformers_path)
             rows.append((f"convert_generation.py {label}", in_graph(model, beams, args, prompt, pad)))
         except Exception as e:  # reported, not hidden
             rows.append((f"convert_generation.py {label}", {"unavailable": str(e)[:300]}))
