@@ -113,11 +113,32 @@ fn quantized_matmuls_match_a_direct_computation() {
             }
         }
     }
+    // x @ dequantized int4 weights + b, exactly (f64 sums).
+    let int4_product = |x: &[f32]| -> Vec<f32> {
+        (0..rows * n)
+            .map(|i| {
+                let (row, c) = (i / n, i % n);
+                let dot: f64 = (0..k)
+                    .map(|j| f64::from(x[row * k + j]) * f64::from(f32::from(q4[j * n + c]) * s4[(j / 32) * n + c]))
+                    .sum();
+                dot as f32 + bias[c]
+            })
+            .collect()
+    };
+    let int8_blocks = |x: &[f32]| -> Vec<f32> {
+        x.chunks(32)
+            .flat_map(|blk| {
+                let scale = blk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                blk.iter().map(move |v| (v / scale).round_ties_even() * scale)
+            })
+            .collect()
+    };
     let tmp = tempfile::tempdir().unwrap();
     for (name, precision, opset) in [
         ("int8", mode(Quantize::Int8, Target::Portable), 18),
         ("int8-weights", mode(Quantize::Int8Weights, Target::Portable), 18),
-        ("int4-ort", mode(Quantize::Int4, Target::Ort), 18),
+        ("int4-ort", int4_float_activations(), 18),
+        ("int4-ort-int8-activations", mode(Quantize::Int4, Target::Ort), 18),
         ("int4-portable", mode(Quantize::Int4, Target::Portable), 21),
     ] {
         let graph = single_linear_graph(&w, &bias, k, n, &precision, opset).unwrap();
@@ -165,7 +186,7 @@ fn quantized_matmuls_match_a_direct_computation() {
                 })
                 .collect()
         } else {
-            if name == "int4-ort" {
+            if name.starts_with("int4-ort") {
                 let s = raw_f32(initializer(&model, "layer.weight_scales"));
                 let s_expected: Vec<f32> =
                     (0..n).flat_map(|c| (0..k / 32).map(move |blk| (blk, c))).map(|(blk, c)| s4[blk * n + c]).collect();
@@ -183,24 +204,25 @@ fn quantized_matmuls_match_a_direct_computation() {
                 let unpacked: Vec<i8> = packed.iter().flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4]).collect();
                 assert_eq!(unpacked, q4, "{name}: int4 values");
             }
-            (0..rows * n)
-                .map(|i| {
-                    let (row, c) = (i / n, i % n);
-                    let dot: f64 = (0..k)
-                        .map(|j| f64::from(x[row * k + j]) * f64::from(f32::from(q4[j * n + c]) * s4[(j / 32) * n + c]))
-                        .sum();
-                    dot as f32 + bias[c]
-                })
-                .collect()
+            // int8 activations: each row's blocks of 32 quantized symmetrically at run time
+            // (scale = max |x| / 127, round half to even), as MatMulNBits' accuracy_level 4 does.
+            if name == "int4-ort-int8-activations" { int4_product(&int8_blocks(&x)) } else { int4_product(&x) }
         };
         for kind in backends() {
             if kind == BackendKind::Tract && name == "int4-portable" {
                 continue; // tract cannot load INT4 (asserted in every_mode_exports_checks_and_runs)
             }
             let got = run_linear(kind, &path, &x, rows, k);
-            let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
-            // tract runs MatMulNBits as its Q4_0 kernel, which also quantizes the activations to 8 bits.
-            let allowed = if kind == BackendKind::Tract && name == "int4-ort" { 5e-3 } else { 2e-5 };
+            // tract runs MatMulNBits as its own Q4_0 kernel, whatever accuracy_level says.
+            let want = if kind == BackendKind::Tract && name.starts_with("int4-ort") {
+                int4_product(&x)
+            } else {
+                expected.clone()
+            };
+            assert_eq!(got.len(), want.len(), "{name} on {}", kind.name());
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+            // (and quantizes the activations to 8 bits its own way).
+            let allowed = if kind == BackendKind::Tract && name.starts_with("int4-ort") { 5e-3 } else { 2e-5 };
             assert!(worst < allowed, "{name} on {}: relative error {worst} (allowed {allowed})", kind.name());
         }
     }
