@@ -65,9 +65,12 @@ fn generate_reproduces_transformers_greedy_ids() {
     if ort_available() {
         backends.push("ort");
     }
-    // Prompt lookup decoding gives greedy search's ids (the session then reads every position).
-    let runs = backends.iter().flat_map(|&b| [(b, None), (b, Some("3"))]);
-    for (backend, lookup) in runs {
+    // Prompt lookup decoding and an assistant model (the export as its own) give greedy search's
+    // ids (the session then reads every position).
+    let lookup = ["--prompt-lookup-num-tokens", "3"];
+    let assisted = ["--assistant-model", dir.as_str(), "--num-assistant-tokens", "4"];
+    let runs = backends.iter().flat_map(|&b| [(b, None), (b, Some(&lookup[..])), (b, Some(&assisted[..]))]);
+    for (backend, extra) in runs {
         let mut args = vec![
             "generate",
             &dir,
@@ -79,13 +82,13 @@ fn generate_reproduces_transformers_greedy_ids() {
             "--backend",
             backend,
         ];
-        args.extend(lookup.map(|n| ["--prompt-lookup-num-tokens", n]).iter().flatten());
+        args.extend(extra.into_iter().flatten());
         let o = gpt2c(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let got: Vec<u64> =
             out["sequences"][0]["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-        assert_eq!(got, expected, "{backend} {lookup:?}");
+        assert_eq!(got, expected, "{backend} {extra:?}");
         assert!(out["sequences"][0]["text"].as_str().unwrap().starts_with("The quick brown fox"));
     }
     // Plain output streams the prompt and its continuation on one line.
@@ -309,6 +312,10 @@ fn out_of_range_settings_name_the_setting() {
         args.extend_from_slice(flags);
         refused(&gpt2c(&args), &[needle]);
     }
+    // An assistant drafts for greedy search only; a missing one names its flag.
+    let assisted = ["generate", dir.as_str(), "--prompt", "Hello", "--backend", "tract", "--assistant-model"];
+    refused(&gpt2c(&[&assisted[..], &[dir.as_str(), "--do-sample"]].concat()), &["`assistant_model`"]);
+    refused(&gpt2c(&[&assisted[..], &["/nonexistent/assistant"]].concat()), &["--assistant-model"]);
     for (file, needle) in [
         (r#"{"num_beams": 3000000000}"#, "`num_beams`"),
         (r#"{"max_time": 1e300, "min_new_tokens": 18446744073709551615}"#, "`min_new_tokens`"),

@@ -15,7 +15,9 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::backend::{BackendKind, RunnerOptions};
-use crate::generate::{GenerateError, GenerationConfig, GenerationOutput, Mode, ModelLimits, generate};
+use crate::generate::{
+    GenerateError, GenerationConfig, GenerationOutput, Mode, ModelLimits, generate, generate_assisted,
+};
 use crate::model::{ExportedModel, ModelError};
 use crate::session::DecoderSession;
 use crate::tokenizer::{TextStream, TextTokenizer};
@@ -170,20 +172,48 @@ impl TextGenerator {
         config: &GenerationConfig,
         on_text: &mut dyn FnMut(usize, &str),
     ) -> Result<TextOutput, TextError> {
+        self.generate_ids_with(prompts, config, None, on_text)
+    }
+
+    /// As [`generate_ids`](Self::generate_ids), with `assistant` drafting when given
+    /// ([`generate_assisted`](crate::generate::generate_assisted)).
+    pub fn generate_ids_with(
+        &mut self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+        assistant: Option<crate::generate::Assistant<'_>>,
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> Result<TextOutput, TextError> {
         let limits = self.limits();
         let streams_tokens = matches!(config.mode(), Mode::Greedy | Mode::Sample);
         let rows = prompts.len() * if streams_tokens { config.num_return_sequences } else { 1 };
         let mut streams: Vec<TextStream<'_>> = (0..rows).map(|_| self.tokenizer.stream()).collect();
-        let output = match &mut self.runs {
-            Runs::Decoder(session) => {
-                generate(session.as_mut(), limits, prompts, config, Some(&self.tokenizer), &mut |row, token| {
+        let tokenizer = Some(&self.tokenizer);
+        let output = match (&mut self.runs, assistant) {
+            (Runs::Decoder(session), assistant) => {
+                let mut on_token = |row: usize, token: u32| {
                     if let Some(piece) = streams.get_mut(row).and_then(|s| s.push(token)) {
                         on_text(row, &piece);
                     }
-                })?
+                };
+                match assistant {
+                    Some(a) => {
+                        generate_assisted(session.as_mut(), a, limits, prompts, config, tokenizer, &mut on_token)?
+                    }
+                    None => generate(session.as_mut(), limits, prompts, config, tokenizer, &mut on_token)?,
+                }
+            }
+            (Runs::InGraph(search), Some(_)) => {
+                return Err(TextError::Model(ModelError::File {
+                    path: self.model.model_path(),
+                    message: format!(
+                        "its graph runs {} itself: an assistant model cannot draft for it",
+                        search.op.op_type()
+                    ),
+                }));
             }
             // The whole search runs in one call: its text comes at the end.
-            Runs::InGraph(search) => {
+            (Runs::InGraph(search), None) => {
                 let output = search.generate(prompts, config)?;
                 if streams_tokens {
                     for (row, r) in output.results.iter().enumerate() {

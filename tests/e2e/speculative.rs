@@ -1,13 +1,14 @@
-//! Prompt lookup decoding (`prompt_lookup_num_tokens`) gives plain greedy search's ids, recorded from
-//! transformers by `models/make_generation_fixtures.py --lookup-only` (generation/prompt-lookup.json),
-//! on every backend and cache form, while taking several tokens per forward pass.
+//! Speculative decoding — prompt lookup (`prompt_lookup_num_tokens`) and an assistant model — gives
+//! plain greedy search's ids, recorded from transformers by `models/make_generation_fixtures.py
+//! --lookup-only` (generation/prompt-lookup.json), on every backend and cache form, while taking
+//! several tokens per forward pass.
 
 use std::path::Path;
 
 use gpt2c_compiler::ExportOptions;
 use gpt2c_compiler::gpt2::{GraphOptions, KvCache, Precision, Target};
 use gpt2c_runtime::backend::LogitsScope;
-use gpt2c_runtime::generate::{GenerateError, GenerationConfig};
+use gpt2c_runtime::generate::{Assistant, GenerateError, GenerationConfig, generate_assisted};
 use gpt2c_runtime::session::Observed;
 use gpt2c_runtime::{BackendKind, ExportedModel, RunnerOptions, generate};
 use gpt2c_tests::{backends, export_fixture, fixture, shared_dir};
@@ -148,4 +149,115 @@ fn prompt_lookup_refuses_what_it_cannot_serve() {
     let mut last = model.session(kind, &RunnerOptions { logits: LogitsScope::Last, ..Default::default() }).unwrap();
     let c = config(json!({})).unwrap();
     refused(generate(last.as_mut(), limits, &[prompt], &c, None, &mut |_, _| {}), "prompt_lookup_num_tokens");
+}
+
+/// A one-layer GPT-2 with random weights and GPT-2's vocabulary: an assistant that rarely agrees.
+fn random_assistant(dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("assistant-config.json");
+    let c = json!({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 1, "n_embd": 32,
+        "n_head": 2, "n_positions": 512, "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256});
+    std::fs::write(&config, c.to_string()).unwrap();
+    let out = dir.join("assistant-random");
+    let options = ExportOptions { random_init: Some(3), ..Default::default() };
+    gpt2c_compiler::export(&config, &out, &options, &mut |_| {}).unwrap();
+    out
+}
+
+/// Assisted generation gives the target's greedy ids whatever the assistant drafts: the same model
+/// as its own assistant (every confident draft kept) and a random one (almost every draft
+/// rejected, so both caches are cut back every pass), on every backend and cache form.
+#[test]
+fn an_assistant_model_gives_greedy_ids() {
+    let Some(shared) = shared_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let random = random_assistant(tmp.path());
+    let ort: Vec<BackendKind> = backends().into_iter().filter(|k| *k == BackendKind::Ort).collect();
+    let targets =
+        [("default", ExportOptions::default(), backends()), ("shared-cache", ort_options(KvCache::Shared), ort)];
+    for (name, options, kinds) in targets {
+        let target = tmp.path().join(name);
+        gpt2c_compiler::export(&shared.join("models/tiny-trained"), &target, &options, &mut |_| {}).unwrap();
+        let model = ExportedModel::open(&target).unwrap();
+        for &kind in &kinds {
+            let all = RunnerOptions { logits: LogitsScope::All, ..Default::default() };
+            let mut session = model.session(kind, &all).unwrap();
+            for (assistant_dir, label) in [(&tmp.path().join("default"), "itself"), (&random, "random")] {
+                let assistant_model = ExportedModel::open(assistant_dir).unwrap();
+                let last = RunnerOptions { logits: LogitsScope::Last, ..Default::default() };
+                let mut assistant = assistant_model.session(kind, &last).unwrap();
+                let (mut tokens, mut passes) = (0, 0);
+                for case in cases().iter().filter(|c| c.model == "tiny-trained") {
+                    let mut kwargs = case.kwargs.clone();
+                    kwargs.remove("prompt_lookup_num_tokens");
+                    kwargs.remove("max_matching_ngram_size");
+                    kwargs.insert("num_assistant_tokens".into(), json!(5));
+                    let config = GenerationConfig::from_json(&model.generation_json, &kwargs).unwrap();
+                    let mut forwards = 0;
+                    let mut counted = Observed { inner: session.as_mut(), on_forward: &mut |_| forwards += 1 };
+                    let helper = Assistant { session: assistant.as_mut(), limits: assistant_model.config.limits() };
+                    let prompts = [case.prompt.clone()];
+                    let out = generate_assisted(
+                        &mut counted,
+                        helper,
+                        model.config.limits(),
+                        &prompts,
+                        &config,
+                        None,
+                        &mut |_, _| {},
+                    )
+                    .unwrap_or_else(|e| panic!("{} with {label} on {name}/{}: {e}", case.name, kind.name()));
+                    assert_eq!(
+                        out.sequences,
+                        vec![case.greedy.clone()],
+                        "{} with {label} on {name}/{}",
+                        case.name,
+                        kind.name()
+                    );
+                    tokens += case.greedy.len() - case.prompt.len();
+                    passes += forwards;
+                }
+                eprintln!("{name}/{}: assistant {label}: {tokens} tokens in {passes} passes", kind.name());
+                if label == "itself" {
+                    assert!(passes * 2 < tokens, "{name}: its own assistant kept too few drafts ({passes} passes)");
+                }
+            }
+        }
+    }
+}
+
+/// What an assistant cannot serve is refused by name before any compute.
+#[test]
+fn an_assistant_model_is_refused_where_it_cannot_draft() {
+    let Some(&kind) = backends().first() else { return };
+    let Some(shared) = shared_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    gpt2c_compiler::export(&shared.join("models/tiny-trained"), &target, &ExportOptions::default(), &mut |_| {})
+        .unwrap();
+    let model = ExportedModel::open(&target).unwrap();
+    let all = RunnerOptions { logits: LogitsScope::All, ..Default::default() };
+    let mut session = model.session(kind, &all).unwrap();
+    let (_t, small_vocab) = export_fixture("tiny-default", &ExportOptions::default());
+    let random = random_assistant(tmp.path());
+    let prompt = vec![464u32, 2068, 7586];
+    let cases: [(&Path, Value, usize, &str); 5] = [
+        (&random, json!({"do_sample": true}), 1, "sampling"),
+        (&random, json!({"num_beams": 2}), 1, "beams"),
+        (&random, json!({}), 2, "two prompts"),
+        (&random, json!({"prompt_lookup_num_tokens": 3}), 1, "both drafters"),
+        (&small_vocab, json!({}), 1, "another vocabulary"),
+    ];
+    for (dir, extra, n_prompts, what) in cases {
+        let assistant_model = ExportedModel::open(dir).unwrap();
+        let mut assistant = assistant_model.session(kind, &RunnerOptions::default()).unwrap();
+        let mut kwargs = json!({"max_new_tokens": 4});
+        kwargs.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let config = GenerationConfig::from_json(&model.generation_json, kwargs.as_object().unwrap()).unwrap();
+        let helper = Assistant { session: assistant.as_mut(), limits: assistant_model.config.limits() };
+        let prompts = vec![prompt.clone(); n_prompts];
+        let result =
+            generate_assisted(session.as_mut(), helper, model.config.limits(), &prompts, &config, None, &mut |_, _| {});
+        refused(result, "assistant_model");
+        assert_eq!(session.past_len(), 0, "{what}: nothing ran");
+    }
 }

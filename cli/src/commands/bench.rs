@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gpt2c_runtime::ExportedModel;
 use gpt2c_runtime::backend::LogitsScope;
-use gpt2c_runtime::generate::{GenerationConfig, generate};
+use gpt2c_runtime::generate::{Assistant, GenerationConfig, generate, generate_assisted};
 use gpt2c_runtime::session::Observed;
 use serde_json::json;
 
@@ -56,6 +56,13 @@ pub struct BenchArgs {
     /// then depends on how much the output repeats the prompt (give one with --prompt-ids).
     #[arg(long, value_name = "N")]
     pub prompt_lookup_num_tokens: Option<usize>,
+    /// Assisted generation: a smaller export with the same tokenizer drafts --num-assistant-tokens
+    /// tokens per pass (greedy, --batch 1).
+    #[arg(long, value_name = "DIR")]
+    pub assistant_model: Option<PathBuf>,
+    /// Assisted generation: tokens the assistant drafts per pass (default 20).
+    #[arg(long, value_name = "N")]
+    pub num_assistant_tokens: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +102,8 @@ struct Run {
     decode_seconds: f64,
     latencies_ms: Vec<f64>,
     first_tokens: Vec<u32>,
+    /// Forward passes of the model (fewer than tokens when speculative decoding kept drafts).
+    passes: usize,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -106,7 +115,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--repeat + --warmup is {}; at most {MAX_RUNS} runs", args.repeat.saturating_add(args.warmup));
     }
 
-    let all = args.all_logits || args.prompt_lookup_num_tokens.is_some();
+    let all = args.all_logits || args.prompt_lookup_num_tokens.is_some() || args.assistant_model.is_some();
     let logits = if all { LogitsScope::All } else { LogitsScope::Last };
     let options = args.run.options(logits, Some(2))?;
     let model = ExportedModel::open(&args.model)?;
@@ -128,6 +137,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let overrides = json!({
         "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "num_beams": args.num_beams,
         "do_sample": false, "early_stopping": true, "prompt_lookup_num_tokens": args.prompt_lookup_num_tokens,
+        "num_assistant_tokens": args.num_assistant_tokens,
     });
     let config =
         GenerationConfig::from_json(&model.generation_json, overrides.as_object().unwrap_or(&Default::default()))?;
@@ -159,6 +169,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The assistant runs on the same backend and reads its last position only.
+    let mut assistant = match &args.assistant_model {
+        Some(dir) => {
+            let model = ExportedModel::open(dir).with_context(|| format!("--assistant-model {}", dir.display()))?;
+            let session = model.session(backend, &args.run.options(LogitsScope::Last, Some(2))?)?;
+            Some((session, model.config.limits()))
+        }
+        None => None,
+    };
     let mut runs = Vec::new();
     for i in 0..args.warmup + args.repeat {
         let mut stamps: Vec<Instant> = Vec::new();
@@ -167,11 +186,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut returns: Vec<Instant> = Vec::new();
         let mut timed = Observed { inner: session.as_mut(), on_forward: &mut |_| returns.push(Instant::now()) };
         let start = Instant::now();
-        let out = generate(&mut timed, limits, &prompts, &config, None, &mut |row, _| {
+        let mut on_token = |row: usize, _| {
             if row == 0 {
                 stamps.push(Instant::now());
             }
-        })?;
+        };
+        let out = match assistant.as_mut() {
+            Some((session, limits_a)) => {
+                let helper = Assistant { session: session.as_mut(), limits: *limits_a };
+                generate_assisted(&mut timed, helper, limits, &prompts, &config, None, &mut on_token)?
+            }
+            None => generate(&mut timed, limits, &prompts, &config, None, &mut on_token)?,
+        };
+        let passes = returns.len();
         let end = Instant::now();
         let first = stamps.first().copied().unwrap_or(end);
         // One latency per decode step: between consecutive forward passes' returns.
@@ -185,7 +212,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if i >= args.warmup {
             let first_tokens =
                 out.results.first().map(|r| r.tokens.iter().take(16).copied().collect()).unwrap_or_default();
-            runs.push(Run { prefill_ms: prefill * 1e3, decode_seconds: decode, latencies_ms: latencies, first_tokens });
+            runs.push(Run {
+                prefill_ms: prefill * 1e3,
+                decode_seconds: decode,
+                latencies_ms: latencies,
+                first_tokens,
+                passes,
+            });
         }
     }
     runs.sort_by(|a, b| a.decode_seconds.total_cmp(&b.decode_seconds));
@@ -210,6 +243,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "token_ms_p99": percentile(&median.latencies_ms, 0.99),
         "peak_rss_mib": peak_rss_mib().map(|m| m.round()),
         "tokens": median.first_tokens,
+        "forward_passes": median.passes,
     });
     let mut out = crate::output::stdout();
     if args.json {

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gpt2c_runtime::ExportedModel;
 use gpt2c_runtime::backend::LogitsScope;
-use gpt2c_runtime::generate::{GenerationConfig, Mode};
+use gpt2c_runtime::generate::{Assistant, GenerationConfig, Mode};
 use gpt2c_runtime::text::TextGenerator;
 use serde_json::{Map, Value, json};
 
@@ -55,6 +55,12 @@ pub struct GenerateArgs {
     /// Print no notes or warnings on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Assisted generation (greedy search, one prompt): a smaller export with the same tokenizer
+    /// drafts --num-assistant-tokens tokens, this model verifies them in one pass and keeps those
+    /// greedy search agrees with, so the output is this model's greedy output.
+    #[arg(long, value_name = "DIR")]
+    pub assistant_model: Option<PathBuf>,
 
     #[command(flatten)]
     pub options: GenerationOptions,
@@ -141,6 +147,16 @@ pub struct GenerationOptions {
     /// Prompt lookup decoding: the longest n-gram matched (default 2).
     #[arg(long, value_name = "N")]
     pub max_matching_ngram_size: Option<usize>,
+    /// Assisted generation: tokens the assistant drafts per pass (default 20).
+    #[arg(long, value_name = "N")]
+    pub num_assistant_tokens: Option<usize>,
+    /// Assisted generation: constant, heuristic or heuristic_transient (+2 drafts after a pass that
+    /// kept them all, -1 otherwise).
+    #[arg(long, value_name = "SCHEDULE")]
+    pub num_assistant_tokens_schedule: Option<String>,
+    /// Assisted generation: the assistant stops drafting after a token less likely than this (default 0.4).
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub assistant_confidence_threshold: Option<f32>,
     /// Token id sequences that must not be generated, as JSON: `[[1, 2], [3]]`.
     #[arg(long)]
     pub bad_words_ids: Option<String>,
@@ -206,6 +222,7 @@ impl GenerationOptions {
             ("epsilon_cutoff", self.epsilon_cutoff.map(f64::from)),
             ("eta_cutoff", self.eta_cutoff.map(f64::from)),
             ("repetition_penalty", self.repetition_penalty.map(f64::from)),
+            ("assistant_confidence_threshold", self.assistant_confidence_threshold.map(f64::from)),
         ] {
             if let Some(v) = value.filter(|v| !v.is_finite()) {
                 bail!("generation setting `{name}`: ({v}) must be a finite number");
@@ -214,7 +231,8 @@ impl GenerationOptions {
         opt!(seed, max_length, max_new_tokens, min_length, min_new_tokens, max_time, do_sample, num_beams);
         opt!(num_beam_groups, diversity_penalty, length_penalty, num_return_sequences, temperature, top_k, top_p);
         opt!(min_p, typical_p, epsilon_cutoff, eta_cutoff, repetition_penalty, no_repeat_ngram_size);
-        opt!(prompt_lookup_num_tokens, max_matching_ngram_size);
+        opt!(prompt_lookup_num_tokens, max_matching_ngram_size, num_assistant_tokens);
+        opt!(num_assistant_tokens_schedule, assistant_confidence_threshold);
         opt!(suppress_tokens, begin_suppress_tokens, forced_bos_token_id, forced_eos_token_id);
         opt!(remove_invalid_values, renormalize_logits, eos_token_id, pad_token_id, bos_token_id);
         if !self.stop_strings.is_empty() {
@@ -281,8 +299,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let ids =
         prompts.iter().map(|p| tokenizer.encode(p).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
     gpt2c_runtime::generate::check(model.config.limits(), &ids, &config, Some(&tokenizer))?;
-    let options = args.run.options(logits_scope(&config), None)?;
+    let scope = if args.assistant_model.is_some() { LogitsScope::All } else { logits_scope(&config) };
+    let options = args.run.options(scope, None)?;
     let mut generator = TextGenerator::from_parts(model, tokenizer, choice, &options)?;
+    // The assistant runs on the same backend and reads its last position only.
+    let mut assistant = match &args.assistant_model {
+        Some(dir) => {
+            let model = ExportedModel::open(dir).with_context(|| format!("--assistant-model {}", dir.display()))?;
+            let session = model.session(generator.backend, &args.run.options(LogitsScope::Last, None)?)?;
+            Some((session, model.config.limits()))
+        }
+        None => None,
+    };
     let loaded = started.elapsed();
     let note = |msg: &str| {
         if !args.quiet {
@@ -303,7 +331,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut prompt_printed = false;
     let mut write_error = None;
     let t0 = Instant::now();
-    let out = generator.generate_ids(&ids, &config, &mut |_, piece| {
+    let assistant =
+        assistant.as_mut().map(|(session, limits)| Assistant { session: session.as_mut(), limits: *limits });
+    let out = generator.generate_ids_with(&ids, &config, assistant, &mut |_, piece| {
         if stream && write_error.is_none() {
             let prompt = if std::mem::replace(&mut prompt_printed, true) { "" } else { prompts[0].as_str() };
             write_error = write!(stdout, "{prompt}{piece}").and_then(|_| stdout.flush()).err();

@@ -97,6 +97,13 @@ pub struct GenerationConfig {
     pub prompt_lookup_num_tokens: Option<usize>,
     /// Prompt lookup decoding: the longest n-gram matched against earlier tokens (default 2).
     pub max_matching_ngram_size: Option<usize>,
+    /// Assisted generation: tokens the assistant drafts per pass (default 20).
+    pub num_assistant_tokens: Option<usize>,
+    /// Assisted generation: `constant`, or `heuristic` / `heuristic_transient` (+2 after a pass that
+    /// kept every draft, −1 otherwise; both reset for each call here).
+    pub num_assistant_tokens_schedule: Option<String>,
+    /// Assisted generation: the assistant stops drafting after a token below this probability (default 0.4).
+    pub assistant_confidence_threshold: Option<f32>,
     /// Not a transformers field: the seed of gpt2c's sampler (a fresh one when unset).
     pub seed: Option<u64>,
     /// Set when the caller (not the file) chose `max_length`: transformers then
@@ -144,6 +151,9 @@ impl Default for GenerationConfig {
             eos_token_id: None,
             prompt_lookup_num_tokens: None,
             max_matching_ngram_size: None,
+            num_assistant_tokens: None,
+            num_assistant_tokens_schedule: None,
+            assistant_confidence_threshold: None,
             seed: None,
             max_length_from_caller: false,
         }
@@ -208,6 +218,9 @@ impl GenerationConfig {
         "eos_token_id",
         "prompt_lookup_num_tokens",
         "max_matching_ngram_size",
+        "num_assistant_tokens",
+        "num_assistant_tokens_schedule",
+        "assistant_confidence_threshold",
         "seed",
     ];
 
@@ -233,16 +246,30 @@ impl GenerationConfig {
         Ok(config)
     }
 
-    /// Prompt lookup settings: counts in range, and greedy search on one sequence (the driver
-    /// verifies drafts against greedy choices; transformers also allows one prompt only).
+    /// Speculative decoding settings (prompt lookup, assistant): counts and the schedule in range,
+    /// and prompt lookup on greedy search only (the driver verifies drafts against greedy choices).
     fn validate_prompt_lookup(&self) -> Result<(), GenerateError> {
         for (field, value) in [
             ("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens),
             ("max_matching_ngram_size", self.max_matching_ngram_size),
+            ("num_assistant_tokens", self.num_assistant_tokens),
         ] {
             if let Some(v) = value.filter(|v| !(1..=MAX_DRAFT_TOKENS).contains(v)) {
                 return Err(invalid(field, format!("({v}) must be between 1 and {MAX_DRAFT_TOKENS}")));
             }
+        }
+        if let Some(s) = self
+            .num_assistant_tokens_schedule
+            .as_deref()
+            .filter(|s| !["constant", "heuristic", "heuristic_transient"].contains(s))
+        {
+            return Err(invalid(
+                "num_assistant_tokens_schedule",
+                format!("`{s}`: expected constant, heuristic or heuristic_transient"),
+            ));
+        }
+        if let Some(t) = self.assistant_confidence_threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+            return Err(invalid("assistant_confidence_threshold", format!("({t}) must be in [0, 1]")));
         }
         if self.prompt_lookup_num_tokens.is_some() && self.mode() != Mode::Greedy {
             return Err(invalid(
@@ -533,6 +560,9 @@ mod tests {
             (r#"{"max_matching_ngram_size": 0}"#, "max_matching_ngram_size"),
             (r#"{"prompt_lookup_num_tokens": 4, "do_sample": true}"#, "prompt_lookup_num_tokens"),
             (r#"{"prompt_lookup_num_tokens": 4, "num_beams": 2}"#, "prompt_lookup_num_tokens"),
+            (r#"{"num_assistant_tokens": 0}"#, "num_assistant_tokens"),
+            (r#"{"num_assistant_tokens_schedule": "sometimes"}"#, "num_assistant_tokens_schedule"),
+            (r#"{"assistant_confidence_threshold": 1.5}"#, "assistant_confidence_threshold"),
         ];
         for (overrides, field) in cases {
             let err = parse("{}", overrides).and_then(|c| c.validate(1000).map(|_| c)).unwrap_err();

@@ -6,10 +6,15 @@
 //! multi-token pass against single steps, which matters only where two top logits nearly tie);
 //! text that repeats its context takes several tokens per pass.
 //!
+//! The same loop drafts with an assistant model instead (transformers' `assistant_model`): a
+//! smaller export with the same vocabulary proposes `num_assistant_tokens` greedy tokens from its
+//! own cache, which is cut back to what the target kept.
+//!
 //! One prompt at a time, as transformers' assisted generation; the session must return every
 //! position's logits (`LogitsScope::All`) and be able to drop cached positions.
 
 use super::guard::{blame, check_logits, scan};
+use super::limits::MAX_DRAFT_TOKENS;
 use super::math::{argmax, log_softmax_at};
 use super::{GenerateError, GenerationOutput, Plan, SequenceResult};
 use crate::session::{DecoderSession, StepInput};
@@ -17,8 +22,90 @@ use crate::session::{DecoderSession, StepInput};
 /// transformers' default `max_matching_ngram_size`.
 const DEFAULT_NGRAM: usize = 2;
 
-fn setting_error(message: impl Into<String>) -> GenerateError {
-    GenerateError::Config { field: "prompt_lookup_num_tokens".into(), message: message.into() }
+/// What proposes the tokens a verification pass checks.
+pub(super) enum Drafter<'a> {
+    /// n-grams of the sequence itself (`prompt_lookup_num_tokens`).
+    PromptLookup { num: usize, max_ngram: usize },
+    /// A smaller model's greedy tokens (`assistant_model`); `num` grows by 2 after a pass that kept
+    /// every draft and shrinks by 1 otherwise with the heuristic schedule (transformers' rule).
+    Assistant { session: &'a mut dyn DecoderSession, num: usize, heuristic: bool, confidence: f32 },
+}
+
+impl Drafter<'_> {
+    /// The setting a problem with this drafter is reported under.
+    fn field(&self) -> &'static str {
+        match self {
+            Drafter::PromptLookup { .. } => "prompt_lookup_num_tokens",
+            Drafter::Assistant { .. } => "assistant_model",
+        }
+    }
+
+    /// Up to `room` tokens to follow `tokens`.
+    fn draft(&mut self, tokens: &[u32], room: usize, eos: &[u32]) -> Result<Vec<u32>, GenerateError> {
+        match self {
+            Drafter::PromptLookup { num, max_ngram } => Ok(draft(tokens, (*num).min(room), *max_ngram, eos)),
+            Drafter::Assistant { session, num, confidence, .. } => {
+                assistant_draft(&mut **session, tokens, (*num).min(room), *confidence)
+            }
+        }
+    }
+
+    /// After a pass over `drafted` tokens drafted on `before` tokens, of which `kept` were kept:
+    /// the assistant's cache holds `before` and all but the last draft; keep what still matches.
+    fn kept(&mut self, before: usize, drafted: usize, kept: usize) -> Result<(), GenerateError> {
+        if let Drafter::Assistant { session, num, heuristic, .. } = self {
+            if drafted > 0 {
+                session.truncate(before + kept.min(drafted - 1))?;
+            }
+            if *heuristic && drafted > 0 {
+                *num = if kept == drafted { (*num + 2).min(MAX_DRAFT_TOKENS) } else { num.saturating_sub(1).max(1) };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The assistant's greedy continuation of `tokens`, from its cache (which holds a prefix of them):
+/// at most `num` tokens, ending early after a token whose probability is under `confidence`
+/// (transformers' `assistant_confidence_threshold`).
+fn assistant_draft(
+    session: &mut dyn DecoderSession,
+    tokens: &[u32],
+    num: usize,
+    confidence: f32,
+) -> Result<Vec<u32>, GenerateError> {
+    let mut drafts = Vec::with_capacity(num);
+    let mut feed: Vec<u32> = tokens.get(session.past_len()..).unwrap_or_default().to_vec();
+    while drafts.len() < num && !feed.is_empty() {
+        let past = session.past_len();
+        let ids: Vec<i64> = feed.iter().map(|&t| i64::from(t)).collect();
+        let mask = vec![1i64; past + feed.len()];
+        let positions: Vec<i64> = (past..past + feed.len()).map(|p| p as i64).collect();
+        let logits = session.forward(&StepInput {
+            rows: 1,
+            seq: feed.len(),
+            input_ids: &ids,
+            attention_mask: &mask,
+            position_ids: &positions,
+        })?;
+        let row = logits.data.get(..logits.vocab).filter(|r| !r.is_empty()).ok_or_else(|| GenerateError::Config {
+            field: "assistant_model".into(),
+            message: "the assistant returned no logits".into(),
+        })?;
+        let token = argmax(row);
+        drafts.push(token as u32);
+        // The chosen token's probability: exp(its logit − logsumexp).
+        let p = log_softmax_at(row, token).exp();
+        if p < confidence {
+            break;
+        }
+        feed = vec![token as u32];
+    }
+    Ok(drafts)
+}
+
+fn setting_error(field: &str, message: impl Into<String>) -> GenerateError {
+    GenerateError::Config { field: field.into(), message: message.into() }
 }
 
 /// Up to `num` tokens that followed the first earlier occurrence of the last n-gram of `tokens`
@@ -61,28 +148,40 @@ fn choose(plan: &Plan<'_>, tokens: &[u32], raw: &[f32], step: usize) -> Result<(
     Ok((token as u32, log_softmax_at(&scores, token)))
 }
 
+/// Prompt lookup's drafter for `plan`'s settings.
+pub(super) fn prompt_lookup(plan: &Plan<'_>, num: usize) -> Drafter<'static> {
+    Drafter::PromptLookup { num, max_ngram: plan.config.max_matching_ngram_size.unwrap_or(DEFAULT_NGRAM) }
+}
+
 pub(super) fn run(
     session: &mut dyn DecoderSession,
     prompts: &[Vec<u32>],
     plan: &Plan<'_>,
-    num_tokens: usize,
+    drafter: &mut Drafter<'_>,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<GenerationOutput, GenerateError> {
+    let field = drafter.field();
     let [prompt] = prompts else {
-        return Err(setting_error(format!(
-            "prompt lookup decoding takes one prompt at a time ({} given), as transformers' assisted generation",
-            prompts.len()
-        )));
+        return Err(setting_error(
+            field,
+            format!(
+                "speculative decoding takes one prompt at a time ({} given), as transformers' assisted generation",
+                prompts.len()
+            ),
+        ));
     };
     if !session.all_logits() {
         return Err(setting_error(
-            "prompt lookup decoding needs a session that returns every position's logits (LogitsScope::All)",
+            field,
+            "speculative decoding needs a session that returns every position's logits (LogitsScope::All)",
         ));
     }
-    let max_ngram = plan.config.max_matching_ngram_size.unwrap_or(DEFAULT_NGRAM);
     let mut tokens = prompt.clone();
     let mut logprobs = Vec::new();
     session.reset();
+    if let Drafter::Assistant { session: assistant, .. } = drafter {
+        assistant.reset();
+    }
     // The cache holds every token but the last chosen one; `pending` is what the next pass feeds.
     let mut pending = vec![prompt.clone()];
     let finish = loop {
@@ -130,9 +229,10 @@ pub(super) fn run(
         }
         // Keep the prompt or last token and the drafts greedy search agreed with.
         session.truncate(past + first + 1 + kept)?;
+        drafter.kept(past + first + 1, drafts.len(), kept)?;
         let last = *tokens.last().unwrap_or(&0);
         let room = plan.max_length.saturating_sub(tokens.len() + 1);
-        let next = draft(&tokens, num_tokens.min(room), max_ngram, &plan.eos);
+        let next = drafter.draft(&tokens, room, &plan.eos)?;
         pending = vec![vec![last], next];
     };
     let results = vec![SequenceResult {

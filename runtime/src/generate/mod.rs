@@ -189,7 +189,9 @@ pub fn generate_with_clock(
 ) -> Result<GenerationOutput, GenerateError> {
     let (plan, notices) = plan(limits, prompts, config, tokenizer, clock)?;
     let mut out = match (plan.mode, plan.config.prompt_lookup_num_tokens) {
-        (Mode::Greedy, Some(num)) => lookup::run(session, prompts, &plan, num, on_token)?,
+        (Mode::Greedy, Some(num)) => {
+            lookup::run(session, prompts, &plan, &mut lookup::prompt_lookup(&plan, num), on_token)?
+        }
         (Mode::Greedy | Mode::Sample, _) => sample::run(session, prompts, &plan, on_token)?,
         (Mode::BeamSearch | Mode::BeamSample, _) => beam::run(session, prompts, &plan)?,
         (Mode::GroupBeamSearch, _) => group_beam::run(session, prompts, &plan)?,
@@ -197,6 +199,68 @@ pub fn generate_with_clock(
     out.notices.extend(notices);
     out.seed = matches!(plan.mode, Mode::Sample | Mode::BeamSample).then_some(plan.seed);
     Ok(out)
+}
+
+/// The model behind an assistant session: what [`generate_assisted`] checks it against.
+pub struct Assistant<'a> {
+    pub session: &'a mut dyn DecoderSession,
+    pub limits: ModelLimits,
+}
+
+/// Greedy search with an assistant model drafting (transformers' `assistant_model`): the
+/// assistant proposes `num_assistant_tokens` tokens, `session` verifies them in one pass and
+/// keeps those greedy search agrees with, so the ids are `session`'s greedy ones. One prompt; the
+/// assistant needs the same vocabulary and a context at least as long as the generation.
+pub fn generate_assisted(
+    session: &mut dyn DecoderSession,
+    assistant: Assistant<'_>,
+    limits: ModelLimits,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    tokenizer: Option<&TextTokenizer>,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<GenerationOutput, GenerateError> {
+    let (plan, notices) = plan(limits, prompts, config, tokenizer, &SystemClock)?;
+    check_assistant(&plan, assistant.limits, prompts.len())?;
+    let mut drafter = lookup::Drafter::Assistant {
+        session: assistant.session,
+        num: config.num_assistant_tokens.unwrap_or(DEFAULT_ASSISTANT_TOKENS),
+        heuristic: config.num_assistant_tokens_schedule.as_deref().is_some_and(|s| s != "constant"),
+        confidence: config.assistant_confidence_threshold.unwrap_or(DEFAULT_ASSISTANT_CONFIDENCE),
+    };
+    let mut out = lookup::run(session, prompts, &plan, &mut drafter, on_token)?;
+    out.notices.extend(notices);
+    Ok(out)
+}
+
+/// transformers' defaults for `num_assistant_tokens` and `assistant_confidence_threshold`.
+const DEFAULT_ASSISTANT_TOKENS: usize = 20;
+const DEFAULT_ASSISTANT_CONFIDENCE: f32 = 0.4;
+
+fn check_assistant(plan: &Plan<'_>, assistant: ModelLimits, prompts: usize) -> Result<(), GenerateError> {
+    let refuse = |message: String| Err(GenerateError::Config { field: "assistant_model".into(), message });
+    if plan.mode != Mode::Greedy {
+        return refuse("an assistant model drafts for greedy search only (do_sample false, num_beams 1)".into());
+    }
+    if plan.config.prompt_lookup_num_tokens.is_some() {
+        return refuse("an assistant model and prompt_lookup_num_tokens exclude each other: choose one drafter".into());
+    }
+    if prompts != 1 {
+        return refuse(format!("assisted generation takes one prompt at a time ({prompts} given)"));
+    }
+    if assistant.vocab_size != plan.vocab {
+        return refuse(format!(
+            "the assistant's vocabulary has {} tokens, the model's {}: they must share one tokenizer",
+            assistant.vocab_size, plan.vocab
+        ));
+    }
+    if assistant.n_positions < plan.max_length {
+        return refuse(format!(
+            "the assistant's context is {} positions, shorter than this generation's {} (max_length)",
+            assistant.n_positions, plan.max_length
+        ));
+    }
+    Ok(())
 }
 
 /// Checks prompts and settings the way [`generate`] will, without running
