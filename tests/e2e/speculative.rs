@@ -152,12 +152,12 @@ fn prompt_lookup_refuses_what_it_cannot_serve() {
 }
 
 /// A one-layer GPT-2 with random weights and GPT-2's vocabulary: an assistant that rarely agrees.
-fn random_assistant(dir: &Path) -> std::path::PathBuf {
-    let config = dir.join("assistant-config.json");
+fn random_assistant(dir: &Path, n_positions: usize) -> std::path::PathBuf {
+    let config = dir.join(format!("assistant-config-{n_positions}.json"));
     let c = json!({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 1, "n_embd": 32,
-        "n_head": 2, "n_positions": 512, "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256});
+        "n_head": 2, "n_positions": n_positions, "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256});
     std::fs::write(&config, c.to_string()).unwrap();
-    let out = dir.join("assistant-random");
+    let out = dir.join(format!("assistant-random-{n_positions}"));
     let options = ExportOptions { random_init: Some(3), ..Default::default() };
     gpt2c_compiler::export(&config, &out, &options, &mut |_| {}).unwrap();
     out
@@ -170,7 +170,7 @@ fn random_assistant(dir: &Path) -> std::path::PathBuf {
 fn an_assistant_model_gives_greedy_ids() {
     let Some(shared) = shared_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let random = random_assistant(tmp.path());
+    let random = random_assistant(tmp.path(), 512);
     let ort: Vec<BackendKind> = backends().into_iter().filter(|k| *k == BackendKind::Ort).collect();
     let targets =
         [("default", ExportOptions::default(), backends()), ("shared-cache", ort_options(KvCache::Shared), ort)];
@@ -238,14 +238,16 @@ fn an_assistant_model_is_refused_where_it_cannot_draft() {
     let all = RunnerOptions { logits: LogitsScope::All, ..Default::default() };
     let mut session = model.session(kind, &all).unwrap();
     let (_t, small_vocab) = export_fixture("tiny-default", &ExportOptions::default());
-    let random = random_assistant(tmp.path());
+    let random = random_assistant(tmp.path(), 512);
+    let short = random_assistant(tmp.path(), 6);
     let prompt = vec![464u32, 2068, 7586];
-    let cases: [(&Path, Value, usize, &str); 5] = [
+    let cases: [(&Path, Value, usize, &str); 6] = [
         (&random, json!({"do_sample": true}), 1, "sampling"),
         (&random, json!({"num_beams": 2}), 1, "beams"),
         (&random, json!({}), 2, "two prompts"),
         (&random, json!({"prompt_lookup_num_tokens": 3}), 1, "both drafters"),
         (&small_vocab, json!({}), 1, "another vocabulary"),
+        (&short, json!({}), 1, "a context shorter than prompt + max_new_tokens"),
     ];
     for (dir, extra, n_prompts, what) in cases {
         let assistant_model = ExportedModel::open(dir).unwrap();
