@@ -472,3 +472,24 @@ fn generate_runs_an_in_graph_search_export() {
     let ppl = gpt2c(&["perplexity", &greedy, "--backend", "ort", "--text", text.to_str().unwrap()]);
     refused(&ppl, &["GreedySearch", "plain export"]);
 }
+
+/// An fp16 export on ONNX Runtime's CPU provider (x86) says it runs in fp32 and what reads fewer
+/// bytes; an fp32 export says nothing of the kind.
+#[test]
+fn an_fp16_export_on_the_cpu_provider_says_it_computes_in_fp32() {
+    if !ort_available() || cfg!(target_arch = "aarch64") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = models().join("tiny-default");
+    let fp16 = tmp.path().join("fp16");
+    let o = gpt2c(&["export", ckpt.to_str().unwrap(), "-o", fp16.to_str().unwrap(), "-q", "--dtype", "fp16"]);
+    succeeded(&o);
+    let (_t, fp32) = exported();
+    let needle = "runs in fp32 on ONNX Runtime's CPU provider";
+    for (dir, warned) in [(fp16.to_str().unwrap(), true), (fp32.as_str(), false)] {
+        let o = gpt2c(&["generate", dir, "--prompt", "Hello", "--max-new-tokens", "2", "--backend", "ort"]);
+        succeeded(&o);
+        assert_eq!(stderr(&o).contains(needle), warned, "{dir}: {}", stderr(&o));
+    }
+}

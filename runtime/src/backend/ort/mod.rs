@@ -58,8 +58,11 @@ impl OrtRunner {
         if let Some(n) = options.threads {
             builder = builder.with_intra_threads(n).map_err(|e| fail(&e))?;
         }
-        let (mut builder, providers, warnings) =
+        let (mut builder, providers, mut warnings) =
             ep::register(builder, &options.execution_providers, options.ep_strict)?;
+        if let Some(w) = fp16_on_x86_cpu(model, &providers) {
+            warnings.push(w);
+        }
         // Weight-only int8 means float compute on int8-stored weights: let ONNX Runtime fold the
         // dequantization once at load, instead of rewriting it into an 8-bit matmul that also
         // quantizes activations (measured 4.5 times slower on gpt2-small, and inexact).
@@ -90,6 +93,20 @@ impl OrtRunner {
         let last_only = specialized.is_some() && !given_bytes;
         Ok(OrtRunner { session, library, providers, warnings, last_only, shared_cache })
     }
+}
+
+/// The CPU provider has fp16 matrix kernels on ARM64 only: elsewhere it widens an fp16 export's
+/// weights to fp32 once at load (`tests/bench/fp16_cpu_graph.py` shows the graph it runs), so the
+/// export runs at fp32's speed and memory. Said once, with what reads fewer bytes instead.
+fn fp16_on_x86_cpu(model: &Path, providers: &[String]) -> Option<String> {
+    let cpu_only = providers.iter().all(|p| p == "CPUExecutionProvider");
+    let fp16 = crate::specialize::gpt2c_dtype(model).as_deref() == Some("fp16");
+    (cfg!(not(target_arch = "aarch64")) && cpu_only && fp16).then(|| {
+        "this fp16 export runs in fp32 on ONNX Runtime's CPU provider (it has fp16 matrix kernels on ARM64 \
+         only; the weights are widened at load): expect fp32's speed and memory. --quantize int8 or int4 \
+         read 4 to 5 times fewer bytes per token"
+            .to_string()
+    })
 }
 
 fn to_value(t: &HostTensor) -> Result<DynValue, ort::Error> {
