@@ -94,6 +94,32 @@ pub fn int4_blocks(w: &[f32], k: usize, n: usize, block: usize) -> Int4Blocks {
     Int4Blocks { k, n, block, values, scales }
 }
 
+/// `MatMulNBits` inputs for a weight given as its `[N, K]` rows (a token table whose rows are the
+/// LM head's columns): each row quantized in blocks of `block` along K as [`int4_blocks`] does,
+/// packed as [`Int4Blocks::matmul_nbits`] packs them, without a transposed copy of the table.
+pub fn int4_rows_matmul_nbits(w: &[f32], n: usize, k: usize, block: usize) -> (Vec<u8>, Vec<f32>) {
+    let blocks = k.div_ceil(block);
+    let mut packed = Vec::with_capacity(n * blocks * block / 2);
+    let mut scales = Vec::with_capacity(n * blocks);
+    for row in w.chunks(k).take(n) {
+        for b in 0..blocks {
+            let part = &row[b * block..((b + 1) * block).min(k)];
+            let m = part.iter().fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+            let scale = m / -8.0;
+            scales.push(scale);
+            // Positions past K (a short last block) are padding: stored as 8, which is zero.
+            let nibble = |i: usize| match part.get(i) {
+                Some(&x) if scale != 0.0 => ((x / scale).round_ties_even().clamp(-8.0, 7.0) as i8 + 8) as u8,
+                _ => 8,
+            };
+            for pair in 0..block / 2 {
+                packed.push(nibble(2 * pair) | (nibble(2 * pair + 1) << 4));
+            }
+        }
+    }
+    (packed, scales)
+}
+
 impl Int4Blocks {
     /// `MatMulNBits` inputs: B as uint8 `[N, K / block, block / 2]` (column n's
     /// K values, two per byte, low nibble first, stored with zero point 8) and
@@ -202,5 +228,20 @@ mod tests {
         // Block 0: -8+8 = 0, -4+8 = 4 → 0x40; block 1: 0 and the padding 8 → 0x80.
         assert_eq!(packed, vec![0x40, 0x80]);
         assert_eq!(q.dequantize(), vec![2.0, 1.0, -4.0]);
+    }
+
+    #[test]
+    fn int4_rows_pack_as_the_transposed_weight_does() {
+        // A [N = 3, K = 5] table in blocks of 4 (a short last block), and its transpose [K, N].
+        let rows = [0.5f32, -1.0, 0.25, 2.0, -3.0, 1.5, 0.0, -0.75, 0.125, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let (n, k) = (3, 5);
+        let transposed: Vec<f32> = (0..k * n).map(|i| rows[(i % n) * k + i / n]).collect();
+        let (packed, scales) = int4_rows_matmul_nbits(&rows, n, k, 4);
+        assert_eq!((packed, scales), int4_blocks(&transposed, k, n, 4).matmul_nbits());
+        // Row 0, block 0: extreme 2 → scale -0.25; 0.5 → -2, -1 → 4, 0.25 → -1, 2 → -8; stored + 8.
+        let (packed, scales) = int4_rows_matmul_nbits(&rows, n, k, 4);
+        assert_eq!(scales[0], -0.25);
+        assert_eq!(packed[0], (6u8) | (12 << 4));
+        assert_eq!(packed[1], 7u8, "0.25 → -1 (7, low nibble) and 2 → -8 (0, high nibble)");
     }
 }

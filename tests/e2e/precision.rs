@@ -357,7 +357,8 @@ fn nbits_accuracy_levels(path: &Path) -> Vec<i64> {
 /// integer kernels, several times faster than its float path on x86.
 #[test]
 fn int4_activations_choose_the_accuracy_level() {
-    let expected_nodes = 4 * 2; // tiny-default: 2 layers × (c_attn, attn c_proj, c_fc, mlp c_proj)
+    // tiny-default: 2 layers × (c_attn, attn c_proj, c_fc, mlp c_proj), and the LM head.
+    let expected_nodes = 4 * 2 + 1;
     for (precision, level) in [(mode(Quantize::Int4, Target::Ort), 4), (int4_float_activations(), 0)] {
         let options = ExportOptions {
             graph: GraphOptions { opset: 23, precision: precision.clone(), ..Default::default() },

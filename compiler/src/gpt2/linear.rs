@@ -14,7 +14,8 @@
 //! one scale and zero point per token (Gather of columns, then (q - zero
 //! point) × scale); the tied LM head reads that table as its `[K, N]` weight
 //! (a per-column zero point for MatMulInteger), with
-//! the int8 dynamic matmul (int8 and int4) or a dequantized MatMul (int8-weights).
+//! the int8 dynamic matmul (int8, portable int4) or a dequantized MatMul (int8-weights). int4
+//! with `--target ort` gives the head a 4-bit `MatMulNBits` of its own over the table's rows.
 //!
 //! Weights that feed `MatMulInteger` are stored as uint8 (the int8 value + 128,
 //! zero point + 128): the same numbers, but ONNX Runtime's x86 kernels for
@@ -247,6 +248,28 @@ impl Table {
         Ok(v)
     }
 
+    /// `h @ tableᵀ` as a 4-bit `MatMulNBits` (the table's rows are the head's columns).
+    fn int4_head(&mut self, b: &mut GraphBuilder, p: &Precision, h: ValueId) -> Result<ValueId, BuildError> {
+        let (rows, cols) = self.rows();
+        let name = &self.name;
+        let (packed, scales) = quant::int4_rows_matmul_nbits(&values(&self.source, name)?, rows, cols, INT4_BLOCK);
+        let blocks = cols.div_ceil(INT4_BLOCK);
+        let q = built(Tensor::from_bytes(DType::U8, vec![rows, blocks, INT4_BLOCK / 2], packed), name)?;
+        let q = b.initializer(&format!("{name}.head_q4"), q)?;
+        let s = b.initializer(
+            &format!("{name}.head_scales"),
+            built(Tensor::from_f32(vec![rows * blocks], &scales), name)?,
+        )?;
+        let op = Op::MatMulNBits {
+            k: cols as i64,
+            n: rows as i64,
+            bits: 4,
+            block_size: INT4_BLOCK as i64,
+            accuracy_level: p.int4_activations().accuracy_level(),
+        };
+        Ok(b.node1(op, &[h, q, s])?)
+    }
+
     /// The table as int8 (stored as uint8, + 128) with one scale and zero point per token, stored transposed
     /// (`[n_embd, vocab]`): the LM head then is a plain `[K, N]` weight, which runtimes
     /// fuse into their quantized matmuls, and the embedding gathers columns.
@@ -307,7 +330,11 @@ impl Table {
                 let t = b.transpose(table, &[1, 0])?;
                 Ok(b.matmul(h, t)?)
             }
-            // int4 keeps the (tied) table as int8 rows: the head then runs the int8 dynamic matmul.
+            // With ONNX Runtime, int4's head is a MatMulNBits of its own over the table's rows (4-bit
+            // blocks along n_embd), beside the int8 rows the embedding gathers: a decode step
+            // then reads the head in 4.5 bits a weight instead of 8.
+            Quantize::Int4 if ctx.p.target == Target::Ort => self.int4_head(b, ctx.p, h),
+            // Otherwise int4 keeps the (tied) table as int8 rows: the head runs the int8 dynamic matmul.
             Quantize::Int8 | Quantize::Int4 => {
                 let (wq, ws, wzp) = self.int8_rows(b)?;
                 Ok(dynamic_matmul(b, h, wq, ws, wzp)?)
