@@ -178,6 +178,27 @@ fn dynamic_matmul(
 
 const INT4_BLOCK: usize = 32;
 
+/// `x @ W` for `[K, N]` weights packed as `MatMulNBits` takes them (4-bit blocks of 32 along K),
+/// with the activations `--int4-activations` chooses.
+fn nbits_matmul(
+    b: &mut GraphBuilder,
+    p: &Precision,
+    x: ValueId,
+    packed: ValueId,
+    scales: ValueId,
+    k: usize,
+    n: usize,
+) -> Result<ValueId, GraphError> {
+    let op = Op::MatMulNBits {
+        k: k as i64,
+        n: n as i64,
+        bits: 4,
+        block_size: INT4_BLOCK as i64,
+        accuracy_level: p.int4_activations().accuracy_level(),
+    };
+    b.node1(op, &[x, packed, scales])
+}
+
 /// `x @ W` with W in 4-bit blocks of 32 along K.
 fn int4_matmul(
     b: &mut GraphBuilder,
@@ -196,14 +217,7 @@ fn int4_matmul(
         let bq = b.initializer(&format!("{name}.weight_q4"), built(bq, name)?)?;
         let s =
             b.initializer(&format!("{name}.weight_scales"), built(Tensor::from_f32(vec![n * blocks], &scales), name)?)?;
-        let op = Op::MatMulNBits {
-            k: k as i64,
-            n: n as i64,
-            bits: 4,
-            block_size: INT4_BLOCK as i64,
-            accuracy_level: p.int4_activations().accuracy_level(),
-        };
-        Ok(b.node1(op, &[x, bq, s])?)
+        Ok(nbits_matmul(b, p, x, bq, s, k, n)?)
     } else {
         let wq = b.initializer(
             &format!("{name}.weight_int4"),
@@ -260,14 +274,7 @@ impl Table {
             &format!("{name}.head_scales"),
             built(Tensor::from_f32(vec![rows * blocks], &scales), name)?,
         )?;
-        let op = Op::MatMulNBits {
-            k: cols as i64,
-            n: rows as i64,
-            bits: 4,
-            block_size: INT4_BLOCK as i64,
-            accuracy_level: p.int4_activations().accuracy_level(),
-        };
-        Ok(b.node1(op, &[h, q, s])?)
+        Ok(nbits_matmul(b, p, h, q, s, cols, rows)?)
     }
 
     /// The table as int8 (stored as uint8, + 128) with one scale and zero point per token, stored transposed

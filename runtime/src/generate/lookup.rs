@@ -77,17 +77,7 @@ fn assistant_draft(
     let mut drafts = Vec::with_capacity(num);
     let mut feed: Vec<u32> = tokens.get(session.past_len()..).unwrap_or_default().to_vec();
     while drafts.len() < num && !feed.is_empty() {
-        let past = session.past_len();
-        let ids: Vec<i64> = feed.iter().map(|&t| i64::from(t)).collect();
-        let mask = vec![1i64; past + feed.len()];
-        let positions: Vec<i64> = (past..past + feed.len()).map(|p| p as i64).collect();
-        let logits = session.forward(&StepInput {
-            rows: 1,
-            seq: feed.len(),
-            input_ids: &ids,
-            attention_mask: &mask,
-            position_ids: &positions,
-        })?;
+        let logits = session.forward(&RowFeed::new(&feed, session.past_len()).step())?;
         let row = logits.data.get(..logits.vocab).filter(|r| !r.is_empty()).ok_or_else(|| GenerateError::Config {
             field: "assistant_model".into(),
             message: "the assistant returned no logits".into(),
@@ -102,6 +92,33 @@ fn assistant_draft(
         feed = vec![token as u32];
     }
     Ok(drafts)
+}
+
+/// One unpadded row's step inputs: `feed` after `past` cached positions.
+struct RowFeed {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    positions: Vec<i64>,
+}
+
+impl RowFeed {
+    fn new(feed: &[u32], past: usize) -> RowFeed {
+        RowFeed {
+            ids: feed.iter().map(|&t| i64::from(t)).collect(),
+            mask: vec![1; past + feed.len()],
+            positions: (past..past + feed.len()).map(|p| p as i64).collect(),
+        }
+    }
+
+    fn step(&self) -> StepInput<'_> {
+        StepInput {
+            rows: 1,
+            seq: self.ids.len(),
+            input_ids: &self.ids,
+            attention_mask: &self.mask,
+            position_ids: &self.positions,
+        }
+    }
 }
 
 fn setting_error(field: &str, message: impl Into<String>) -> GenerateError {
@@ -188,16 +205,7 @@ pub(super) fn run(
         // One pass: the tokens not yet cached (the last chosen one and the drafts).
         let feed: Vec<u32> = pending.concat();
         let past = session.past_len();
-        let ids: Vec<i64> = feed.iter().map(|&t| i64::from(t)).collect();
-        let mask = vec![1i64; past + feed.len()];
-        let positions: Vec<i64> = (past..past + feed.len()).map(|p| p as i64).collect();
-        let all = session.forward_all(&StepInput {
-            rows: 1,
-            seq: feed.len(),
-            input_ids: &ids,
-            attention_mask: &mask,
-            position_ids: &positions,
-        })?;
+        let all = session.forward_all(&RowFeed::new(&feed, past).step())?;
         if all.vocab != plan.vocab {
             return Err(GenerateError::VocabMismatch { got: all.vocab, expected: plan.vocab });
         }
