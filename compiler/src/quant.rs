@@ -98,6 +98,9 @@ pub fn int4_blocks(w: &[f32], k: usize, n: usize, block: usize) -> Int4Blocks {
 /// LM head's columns): each row quantized in blocks of `block` along K as [`int4_blocks`] does,
 /// packed as [`Int4Blocks::matmul_nbits`] packs them, without a transposed copy of the table.
 pub fn int4_rows_matmul_nbits(w: &[f32], n: usize, k: usize, block: usize) -> (Vec<u8>, Vec<f32>) {
+    if k == 0 || block == 0 {
+        return (Vec::new(), Vec::new());
+    }
     let blocks = k.div_ceil(block);
     let mut packed = Vec::with_capacity(n * blocks * block / 2);
     let mut scales = Vec::with_capacity(n * blocks);

@@ -284,19 +284,24 @@ fn beam_search_normalises_length_with_the_prompt_where_hypotheses_end_early() {
     assert!(differ >= 1, "the normalisations rank hypotheses differently in some case");
 }
 
-/// Σ log p(continuation | prompt) under the export's logits (f64 log-softmax), teacher-forced.
-fn log_probability(session: &mut dyn gpt2c_runtime::DecoderSession, prompt: &[i64], continuation: &[i64]) -> f64 {
+/// Every position's logits of one unpadded row of `ids`, from an empty cache (left empty after).
+fn teacher_forced(session: &mut dyn gpt2c_runtime::DecoderSession, ids: &[i64]) -> gpt2c_runtime::session::AllLogits {
     session.reset();
-    let ids: Vec<i64> = [prompt, continuation].concat();
     let step = gpt2c_runtime::session::StepInput {
         rows: 1,
         seq: ids.len(),
-        input_ids: &ids,
+        input_ids: ids,
         attention_mask: &vec![1; ids.len()],
         position_ids: &(0..ids.len() as i64).collect::<Vec<_>>(),
     };
     let logits = session.forward_all(&step).unwrap();
     session.reset();
+    logits
+}
+
+/// Σ log p(continuation | prompt) under the export's logits (f64 log-softmax), teacher-forced.
+fn log_probability(session: &mut dyn gpt2c_runtime::DecoderSession, prompt: &[i64], continuation: &[i64]) -> f64 {
+    let logits = teacher_forced(session, &[prompt, continuation].concat());
     continuation
         .iter()
         .enumerate()
@@ -359,15 +364,7 @@ fn sampling_is_reproducible_and_stays_in_the_top_p_set() {
         let (tokens, _) = generated(row, prompt.len(), &[999]);
         assert!(tokens.len() >= 4, "{row:?}");
         let mut session = model.session(gpt2c_runtime::BackendKind::Ort, &options).unwrap();
-        let ids: Vec<i64> = [prompt.clone(), tokens.clone()].concat();
-        let step = gpt2c_runtime::session::StepInput {
-            rows: 1,
-            seq: ids.len(),
-            input_ids: &ids,
-            attention_mask: &vec![1; ids.len()],
-            position_ids: &(0..ids.len() as i64).collect::<Vec<_>>(),
-        };
-        let logits = session.forward_all(&step).unwrap();
+        let logits = teacher_forced(session.as_mut(), &[prompt.clone(), tokens.clone()].concat());
         for (i, &token) in tokens.iter().enumerate() {
             let kept = top_p_set(logits.at(0, prompt.len() - 1 + i), temperature, top_p);
             assert!(kept.contains(&(token as usize)), "token {i} ({token}) outside the top-p set {kept:?}");

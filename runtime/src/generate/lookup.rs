@@ -13,9 +13,9 @@
 //! One prompt at a time, as transformers' assisted generation; the session must return every
 //! position's logits (`LogitsScope::All`) and be able to drop cached positions.
 
-use super::guard::{blame, check_logits, scan};
 use super::limits::MAX_DRAFT_TOKENS;
 use super::math::{argmax, log_softmax_at};
+use super::sample::processed_scores;
 use super::{GenerateError, GenerationOutput, Plan, SequenceResult};
 use crate::session::{DecoderSession, StepInput};
 
@@ -152,19 +152,6 @@ fn draft(tokens: &[u32], num: usize, max_ngram: usize, eos: &[u32]) -> Vec<u32> 
     Vec::new()
 }
 
-/// Greedy search's choice from one position's logits after `tokens`, with its log-probability.
-fn choose(plan: &Plan<'_>, tokens: &[u32], raw: &[f32], step: usize) -> Result<(u32, f32), GenerateError> {
-    check_logits(raw, plan.config.remove_invalid_values, 0, step)?;
-    let mut scores = raw.to_vec();
-    plan.pipeline.apply(tokens, &mut scores, &[]);
-    let s = scan(&scores);
-    if s.invalid || !s.live {
-        return Err(blame(&plan.pipeline, tokens, raw, &[], step));
-    }
-    let token = argmax(&scores);
-    Ok((token as u32, log_softmax_at(&scores, token)))
-}
-
 /// Prompt lookup's drafter for `plan`'s settings.
 pub(super) fn prompt_lookup(plan: &Plan<'_>, num: usize) -> Drafter<'static> {
     Drafter::PromptLookup { num, max_ngram: plan.config.max_matching_ngram_size.unwrap_or(DEFAULT_NGRAM) }
@@ -199,11 +186,10 @@ pub(super) fn run(
     if let Drafter::Assistant { session: assistant, .. } = drafter {
         assistant.reset();
     }
-    // The cache holds every token but the last chosen one; `pending` is what the next pass feeds.
-    let mut pending = vec![prompt.clone()];
+    // The cache holds every token but the last chosen one; `feed` is what the next pass runs: the
+    // tokens not yet cached, the last `drafted` of them drafts.
+    let (mut feed, mut drafted) = (prompt.clone(), 0);
     let finish = loop {
-        // One pass: the tokens not yet cached (the last chosen one and the drafts).
-        let feed: Vec<u32> = pending.concat();
         let past = session.past_len();
         let all = session.forward_all(&RowFeed::new(&feed, past).step())?;
         if all.vocab != plan.vocab {
@@ -215,19 +201,20 @@ pub(super) fn run(
                 message: format!("[{}, {}, vocab], expected [1, {}, vocab]", all.rows, all.positions, feed.len()),
             }));
         }
-        // The drafts sit after the first pending piece (the prompt, or the last chosen token).
-        let drafts = pending.get(1).cloned().unwrap_or_default();
-        let first = feed.len() - drafts.len() - 1;
+        // Position `first` follows every accepted token; each later one follows one more draft.
+        let first = feed.len() - drafted - 1;
+        let drafts = &feed[first + 1..];
         let mut finished = None;
         let mut kept = 0;
-        for i in 0..=drafts.len() {
+        for i in 0..=drafted {
             let step = tokens.len() - prompt.len();
-            let (token, logprob) = choose(plan, &tokens, all.at(0, first + i), step)?;
-            tokens.push(token);
-            logprobs.push(logprob);
-            on_token(0, token);
+            let scores = processed_scores(plan, &tokens, all.at(0, first + i), 0, step, true)?;
+            let token = argmax(&scores);
+            tokens.push(token as u32);
+            logprobs.push(log_softmax_at(&scores, token));
+            on_token(0, token as u32);
             finished = plan.stopping.check(&tokens);
-            if finished.is_some() || drafts.get(i) != Some(&token) {
+            if finished.is_some() || drafts.get(i) != Some(&(token as u32)) {
                 break;
             }
             kept += 1;
@@ -235,13 +222,13 @@ pub(super) fn run(
         if let Some(reason) = finished {
             break reason;
         }
-        // Keep the prompt or last token and the drafts greedy search agreed with.
+        // Keep the accepted tokens and the drafts greedy search agreed with.
         session.truncate(past + first + 1 + kept)?;
-        drafter.kept(past + first + 1, drafts.len(), kept)?;
-        let last = *tokens.last().unwrap_or(&0);
+        drafter.kept(past + first + 1, drafted, kept)?;
         let room = plan.max_length.saturating_sub(tokens.len() + 1);
         let next = drafter.draft(&tokens, room, &plan.eos)?;
-        pending = vec![vec![last], next];
+        drafted = next.len();
+        feed = tokens[tokens.len() - 1..].iter().copied().chain(next).collect();
     };
     let results = vec![SequenceResult {
         prompt: 0,

@@ -9,6 +9,28 @@ use super::stopping::FinishReason;
 use super::{GenerateError, GenerationOutput, Mode, Plan, SequenceResult};
 use crate::session::DecoderSession;
 
+/// Row `row`'s logits after `tokens` through the processors; with `check`, refused when the model
+/// gave non-finite logits or the processors left nothing to choose (naming what did it).
+pub(super) fn processed_scores(
+    plan: &Plan<'_>,
+    tokens: &[u32],
+    raw: &[f32],
+    row: usize,
+    step: usize,
+    check: bool,
+) -> Result<Vec<f32>, GenerateError> {
+    let mut scores = raw.to_vec();
+    plan.pipeline.apply(tokens, &mut scores, &[]);
+    if check {
+        check_logits(raw, plan.config.remove_invalid_values, row, step)?;
+        let s = scan(&scores);
+        if s.invalid || !s.live {
+            return Err(blame(&plan.pipeline, tokens, raw, &[], step));
+        }
+    }
+    Ok(scores)
+}
+
 pub(super) fn run(
     session: &mut dyn DecoderSession,
     prompts: &[Vec<u32>],
@@ -29,17 +51,8 @@ pub(super) fn run(
         let mut next = Vec::with_capacity(n);
         let step = rows.cur_len() - plan.prompt_len;
         for r in 0..n {
-            let raw = logits.row(r);
-            let mut scores = raw.to_vec();
-            plan.pipeline.apply(&rows.tokens[r], &mut scores, &[]);
             // A finished row only pads: what its scores hold does not matter.
-            if finished[r].is_none() {
-                check_logits(raw, plan.config.remove_invalid_values, r, step)?;
-                let s = scan(&scores);
-                if s.invalid || !s.live {
-                    return Err(blame(&plan.pipeline, &rows.tokens[r], raw, &[], step));
-                }
-            }
+            let scores = processed_scores(plan, &rows.tokens[r], logits.row(r), r, step, finished[r].is_none())?;
             let token = if sampling {
                 let probs = softmax(&scores);
                 // Only a finished row can have nothing to draw; it takes padding below.
