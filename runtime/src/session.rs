@@ -55,6 +55,13 @@ pub trait DecoderSession {
     fn forward_all(&mut self, step: &StepInput<'_>) -> Result<AllLogits, RuntimeError>;
     /// Rebuilds the cache from existing rows: new row `i` is old row `rows[i]` (rows may repeat).
     fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError>;
+    /// [`select_rows`](DecoderSession::select_rows) for rows whose first `shared` cached
+    /// positions equal those of the row that replaces them (beams of one prompt share the
+    /// prompt's), so a session may copy only the later ones.
+    fn reorder_rows(&mut self, rows: &[usize], shared: usize) -> Result<(), RuntimeError> {
+        let _ = shared;
+        self.select_rows(rows)
+    }
     /// Cached positions per row.
     fn past_len(&self) -> usize;
     /// Drops the cache.
@@ -92,6 +99,9 @@ impl DecoderSession for Observed<'_> {
     }
     fn select_rows(&mut self, rows: &[usize]) -> Result<(), RuntimeError> {
         self.inner.select_rows(rows)
+    }
+    fn reorder_rows(&mut self, rows: &[usize], shared: usize) -> Result<(), RuntimeError> {
+        self.inner.reorder_rows(rows, shared)
     }
     fn past_len(&self) -> usize {
         self.inner.past_len()
@@ -212,6 +222,21 @@ impl<E: Engine> DecoderSession for CachedSession<E> {
         }
         self.cache = self.engine.select_rows(&self.cache, rows)?;
         self.rows = rows.len();
+        Ok(())
+    }
+
+    fn reorder_rows(&mut self, rows: &[usize], shared: usize) -> Result<(), RuntimeError> {
+        let identity = rows.len() == self.rows && rows.iter().enumerate().all(|(i, &r)| i == r);
+        if self.cache.is_empty() || identity {
+            return Ok(());
+        }
+        if rows.len() != self.rows {
+            return self.select_rows(rows);
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.rows) {
+            return Err(input_error("cache", format!("row {r} out of range ({} rows)", self.rows)));
+        }
+        self.cache = self.engine.reorder_rows(&self.cache, rows, shared.min(self.past))?;
         Ok(())
     }
 

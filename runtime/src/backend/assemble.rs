@@ -127,35 +127,46 @@ pub fn copy_rows_left<T: Copy>(
 /// (sources may repeat, destinations may be sources of other moves). Rows read after being
 /// written are set aside first, so only rows that move are copied.
 pub fn move_rows_left<T: Copy>(buf: &mut [T], moves: &[(usize, usize)], shape: RowShape) -> Result<(), RuntimeError> {
+    move_row_tails(buf, moves, shape, 0)
+}
+
+/// [`move_rows_left`] of positions `first..shape.width` only, for rows whose first `first`
+/// positions already agree with the rows that replace them (beams of one prompt share the
+/// prompt's positions): what stays equal is not copied.
+pub fn move_row_tails<T: Copy>(
+    buf: &mut [T],
+    moves: &[(usize, usize)],
+    shape: RowShape,
+    first: usize,
+) -> Result<(), RuntimeError> {
     let RowShape { heads, head_dim, stride, width } = shape;
     let width = width.min(stride);
+    let first = first.min(width);
     let row_len = shape.row_len().ok_or_else(|| err("cache size overflows".into()))?;
     if let Some(&(from, to)) = moves.iter().find(|&&(f, t)| (f.max(t) + 1).saturating_mul(row_len) > buf.len()) {
         return Err(err(format!("row {from} → row {to} is outside the cache")));
     }
     let moving: Vec<(usize, usize)> = moves.iter().copied().filter(|(f, t)| f != t).collect();
     let written: std::collections::HashSet<usize> = moving.iter().map(|&(_, t)| t).collect();
-    let head_len = width * head_dim;
+    // Where head `h` of `row`'s copied positions start, and how many values they hold.
+    let at = |row: usize, h: usize| ((row * heads + h) * stride + first) * head_dim;
+    let tail_len = (width - first) * head_dim;
     let mut aside: std::collections::HashMap<usize, Vec<T>> = std::collections::HashMap::new();
     for &(from, _) in &moving {
         if written.contains(&from) && !aside.contains_key(&from) {
-            let mut copy = Vec::with_capacity(heads * head_len);
+            let mut copy = Vec::with_capacity(heads * tail_len);
             for h in 0..heads {
-                let s = (from * heads + h) * stride * head_dim;
-                copy.extend_from_slice(&buf[s..s + head_len]);
+                copy.extend_from_slice(&buf[at(from, h)..at(from, h) + tail_len]);
             }
             aside.insert(from, copy);
         }
     }
     for &(from, to) in &moving {
         for h in 0..heads {
-            let d = (to * heads + h) * stride * head_dim;
+            let d = at(to, h);
             match aside.get(&from) {
-                Some(copy) => buf[d..d + head_len].copy_from_slice(&copy[h * head_len..(h + 1) * head_len]),
-                None => buf.copy_within(
-                    (from * heads + h) * stride * head_dim..(from * heads + h) * stride * head_dim + head_len,
-                    d,
-                ),
+                Some(copy) => buf[d..d + tail_len].copy_from_slice(&copy[h * tail_len..(h + 1) * tail_len]),
+                None => buf.copy_within(at(from, h)..at(from, h) + tail_len, d),
             }
         }
     }
@@ -313,6 +324,33 @@ mod tests {
         move_rows_left(&mut buf, &[(2, 0)], RowShape { width: 1, ..shape }).unwrap();
         assert_eq!(&buf[..2], &[20.0, 1.0]);
         assert!(move_rows_left(&mut buf, &[(4, 0)], shape).is_err());
+    }
+
+    #[test]
+    fn tail_moves_leave_the_shared_positions_alone() {
+        // 3 rows × 2 heads × stride 4 × dim 1 holding 3 positions; value 100r + 10h + p.
+        let start: Vec<f32> =
+            (0..3).flat_map(|r| (0..2).flat_map(move |h| (0..4).map(move |p| (100 * r + 10 * h + p) as f32))).collect();
+        let shape = RowShape { heads: 2, head_dim: 1, stride: 4, width: 3 };
+        let moves = [(2, 0), (0, 1), (1, 2)];
+        let mut buf = start.clone();
+        move_row_tails(&mut buf, &moves, shape, 1).unwrap();
+        // Position 0 (shared) and position 3 (past the width) keep each row's own values.
+        let mut want = start.clone();
+        for &(from, to) in &moves {
+            for h in 0..2 {
+                for p in 1..3 {
+                    want[(to * 2 + h) * 4 + p] = start[(from * 2 + h) * 4 + p];
+                }
+            }
+        }
+        assert_eq!(buf, want);
+        assert_eq!(&buf[..8], &[0.0, 201.0, 202.0, 3.0, 10.0, 211.0, 212.0, 13.0]);
+        // A shared prefix past the width copies nothing.
+        let mut buf = start.clone();
+        move_row_tails(&mut buf, &moves, shape, 9).unwrap();
+        assert_eq!(buf, start);
+        assert!(move_row_tails(&mut buf, &[(3, 0)], shape, 1).is_err());
     }
 
     #[test]

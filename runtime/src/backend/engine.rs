@@ -95,6 +95,18 @@ pub trait Engine {
     ) -> Result<(AllLogits, Vec<Self::Value>), RuntimeError>;
     /// The cache whose row `i` is row `rows[i]` of `cache` (rows may repeat): beam reordering.
     fn select_rows(&mut self, cache: &[Self::Value], rows: &[usize]) -> Result<Vec<Self::Value>, RuntimeError>;
+    /// [`select_rows`](Engine::select_rows) keeping the row count, where each row's first
+    /// `shared` positions already equal those of the row that replaces it (beams of one prompt
+    /// share the prompt's): an engine may copy only the later positions, in place.
+    fn reorder_rows(
+        &mut self,
+        cache: &[Self::Value],
+        rows: &[usize],
+        shared: usize,
+    ) -> Result<Vec<Self::Value>, RuntimeError> {
+        let _ = shared;
+        self.select_rows(cache, rows)
+    }
     /// A cache of `sources.len()` rows and `width` past positions made of rows of `parts` (rows
     /// may repeat), aligned as [`alignment`](Engine::alignment) says: right-aligned, a row's last
     /// `min(width, part.width)` positions at the end and zeros before them, which the caller's

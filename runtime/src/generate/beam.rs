@@ -28,11 +28,11 @@
 
 use super::config::EarlyStopping;
 use super::guard::{blame, check_logits, scan};
-use super::math::{log_softmax, softmax};
+use super::math::{log_softmax, log_softmax_into, softmax};
 use super::sampling::{Draw, Rng};
 use super::stopping::FinishReason;
 use super::{GenerateError, GenerationOutput, Mode, Plan, SequenceResult};
-use crate::session::DecoderSession;
+use crate::session::{DecoderSession, Logits};
 
 const NEG: f32 = -1.0e9;
 
@@ -99,7 +99,14 @@ pub(super) fn run(
     let logits = rows.prefill(session)?;
     let expand: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat_n(b, beams)).collect();
     rows.select(&expand, session)?;
-    let mut logits_rows: Vec<Vec<f32>> = expand.iter().map(|&b| logits.row(b).to_vec()).collect();
+    // Each beam's logits; the first step's are its prompt's.
+    let mut logits = Logits {
+        rows: expand.len(),
+        vocab: logits.vocab,
+        data: expand.iter().flat_map(|&b| logits.row(b).iter().copied()).collect(),
+    };
+    // One prompt's beams × vocabulary scores, reused every step.
+    let mut acc: Vec<f32> = Vec::new();
 
     let mut running_scores: Vec<Vec<f32>> =
         (0..batch).map(|_| (0..beams).map(|k| if k == 0 { 0.0 } else { NEG }).collect()).collect();
@@ -121,25 +128,24 @@ pub(super) fn run(
         let cur_len = rows.cur_len();
         let step = cur_len - prompt_len;
         let vocab = plan.vocab;
-        let mut processed: Vec<Vec<f32>> = Vec::with_capacity(logits_rows.len());
-        for (r, l) in logits_rows.iter().enumerate() {
-            check_logits(l, cfg.remove_invalid_values, r, step)?;
-            let mut s = log_softmax(l);
-            plan.pipeline.apply(&rows.tokens[r], &mut s, &[]);
-            if scan(&s).invalid {
-                return Err(blame(&plan.pipeline, &rows.tokens[r], &log_softmax(l), &[], step));
-            }
-            processed.push(s);
-        }
-
         let mut selected_rows = Vec::with_capacity(batch * beams);
         let mut next_tokens = Vec::with_capacity(batch * beams);
         let mut all_hit = true;
         for b in 0..batch {
-            let mut acc = Vec::with_capacity(beams * vocab);
-            for k in 0..beams {
+            // Each beam's processed log-probabilities plus its running score, written in place
+            // (rows in order, so the first bad row is the one reported).
+            acc.resize(beams * vocab, 0.0);
+            for (k, scores) in acc.chunks_exact_mut(vocab).enumerate() {
+                let r = b * beams + k;
+                let l = logits.row(r);
+                check_logits(l, cfg.remove_invalid_values, r, step)?;
+                log_softmax_into(l, scores);
+                plan.pipeline.apply(&rows.tokens[r], scores, &[]);
+                if scan(scores).invalid {
+                    return Err(blame(&plan.pipeline, &rows.tokens[r], &log_softmax(l), &[], step));
+                }
                 let base = running_scores[b][k];
-                acc.extend(processed[b * beams + k].iter().map(|&s| s + base));
+                scores.iter_mut().for_each(|s| *s += base);
             }
             let picked: Vec<usize> =
                 if sampling { rng.categorical_distinct(&softmax(&acc), keep) } else { top_k(&acc, keep) };
@@ -154,7 +160,7 @@ pub(super) fn run(
                     // Blame the processors on a beam that was still alive.
                     let k = (0..beams).find(|&k| running_scores[b][k] > f32::NEG_INFINITY).unwrap_or(0);
                     let r = b * beams + k;
-                    return Err(blame(&plan.pipeline, &rows.tokens[r], &log_softmax(&logits_rows[r]), &[], step));
+                    return Err(blame(&plan.pipeline, &rows.tokens[r], &log_softmax(logits.row(r)), &[], step));
                 }
                 improvable[b] = false;
             }
@@ -219,7 +225,8 @@ pub(super) fn run(
                 next_tokens.push(candidates[i].token);
             }
         }
-        rows.select(&selected_rows, session)?;
+        // Beams of one prompt hold the same cached prompt: only the generated positions move.
+        rows.reorder(&selected_rows, prompt_len, session)?;
         rows.push(&next_tokens);
         let cur_len = rows.cur_len();
 
@@ -239,8 +246,7 @@ pub(super) fn run(
         if !(improvement_possible && open && !all_hit) {
             break;
         }
-        let logits = rows.step(session)?;
-        logits_rows = (0..rows.len()).map(|r| logits.row(r).to_vec()).collect();
+        logits = rows.step(session)?;
     }
 
     // The best `num_return_sequences` live hypotheses per prompt, padded to one length.

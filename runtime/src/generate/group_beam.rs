@@ -193,7 +193,8 @@ pub(super) fn run(
                 reorder[r] = beams * (source / group_size) + start + source % group_size;
             }
         }
-        rows.select(&reorder, session)?;
+        // Beams of one prompt hold the same cached prompt: only the generated positions move.
+        rows.reorder(&reorder, prompt_len, session)?;
         rows.push(&current);
         let all_done = done.iter().all(|&d| d);
         let all_stopped = rows.tokens.iter().all(|t| plan.stopping.check(t).is_some());

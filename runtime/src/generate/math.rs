@@ -68,6 +68,14 @@ pub fn log_softmax(scores: &[f32]) -> Vec<f32> {
     }
 }
 
+/// [`log_softmax`] written into `out` (as long as `scores`).
+pub fn log_softmax_into(scores: &[f32], out: &mut [f32]) {
+    match log_sum_exp(scores) {
+        Some((max, lse)) => out.iter_mut().zip(scores).for_each(|(o, &s)| *o = (s - max) - lse),
+        None => out.copy_from_slice(scores),
+    }
+}
+
 /// Index of the largest score; the lowest index wins ties (as torch.argmax).
 pub fn argmax(scores: &[f32]) -> usize {
     let mut best = 0;

@@ -125,6 +125,19 @@ impl Rows {
         self.mask = rows.iter().map(|&r| self.mask[r].clone()).collect();
         session.select_rows(rows)
     }
+
+    /// [`select`](Rows::select) for a reordering among rows whose first `shared` positions are
+    /// equal (beams of one prompt share the prompt's): the session copies only later positions.
+    pub fn reorder(
+        &mut self,
+        rows: &[usize],
+        shared: usize,
+        session: &mut dyn DecoderSession,
+    ) -> Result<(), RuntimeError> {
+        self.tokens = rows.iter().map(|&r| self.tokens[r].clone()).collect();
+        self.mask = rows.iter().map(|&r| self.mask[r].clone()).collect();
+        session.reorder_rows(rows, shared)
+    }
 }
 
 #[cfg(test)]

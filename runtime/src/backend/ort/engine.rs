@@ -362,6 +362,22 @@ fn assemble_right<T: Copy + Default>(
     Ok(out)
 }
 
+/// Moves rows of a live set within it, positions `shared..` of each (see [`Engine::reorder_rows`]).
+fn move_in_place<T: Copy>(
+    pool: &mut Pool<T>,
+    slot: Slot,
+    moves: &[(usize, usize)],
+    sizes: Sizes,
+    shared: usize,
+) -> Result<(), RuntimeError> {
+    if pool.free.contains(&slot.0) {
+        return Err(cache_error("the cache was released".into()));
+    }
+    let set = pool.sets.get_mut(slot.0).ok_or_else(|| cache_error("the cache was released".into()))?;
+    let shape = RowShape { heads: sizes.n_head, head_dim: sizes.head_dim, stride: set.capacity, width: set.past };
+    set.tensors.iter_mut().try_for_each(|b| assemble::move_row_tails(b, moves, shape, shared))
+}
+
 /// Assembles rows left-aligned (see [`Engine::assemble`]). When the first part's set has room for
 /// `width` positions, the result is that set: its rows that stay are not copied, rows moving
 /// within it are moved in place, rows of other parts are copied in. Otherwise a free set with
@@ -576,6 +592,25 @@ impl Engine for OrtEngine {
         let part = CachePart { cache: cache.to_vec(), rows: held_rows, width: past };
         let sources: Vec<RowSource> = rows.iter().map(|&row| RowSource { part: 0, row }).collect();
         self.assemble(vec![part], &sources, past)
+    }
+
+    /// In place: only rows that change, and only their positions from `shared` on.
+    fn reorder_rows(&mut self, cache: &[Slot], rows: &[usize], shared: usize) -> Result<Vec<Slot>, RuntimeError> {
+        let slot = self.slot_of(cache)?;
+        let (held_rows, _) = self.held(slot).ok_or_else(|| self.err("the cache was released"))?;
+        if slot == Slot::EMPTY || rows.len() != held_rows {
+            return self.select_rows(cache, rows);
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= held_rows) {
+            return Err(self.err(format!("row {r} out of range ({held_rows} rows)")));
+        }
+        let moves: Vec<(usize, usize)> = rows.iter().enumerate().map(|(to, &from)| (from, to)).collect();
+        let sizes = self.sizes;
+        match &mut self.buffers {
+            Buffers::F32(pool) => move_in_place(pool, slot, &moves, sizes, shared),
+            Buffers::F16(pool) => move_in_place(pool, slot, &moves, sizes, shared),
+        }?;
+        Ok(cache.to_vec())
     }
 
     fn assemble(
