@@ -3,14 +3,16 @@
 
     .venv/bin/python tests/bench/speed_table.py CHECKPOINT [--gpt2c target/release/gpt2c] [--llama-dir /tmp/llama]
         [--work /tmp/speed-table] [--threads 2] [--repeat 3] [--only gpt2c-ort,gpt2c-tract,llama.cpp,ctranslate2,optimum,pytorch]
-        [--precisions fp32,fp16,int8,int4] [--peers ../shared/bench/peers.py] [--peers-python .venv/bin/python] [--json FILE]
+        [--precisions fp32,fp16,int8,int4] [--forms portable,shared,...] [--peers ../shared/bench/peers.py]
+        [--peers-python .venv/bin/python] [--json FILE]
 
 Same workload everywhere: a 128-token prompt, 64 new tokens, greedy, batch 1, --threads threads.
 Rows (exports, GGUF files and peer conversions are cached in --work and reused):
-  gpt2c ORT / tract: `gpt2c bench --repeat R` (median run) of `gpt2c export` forms: fp32 portable and ort-fused
-    (--target ort --opset 23), fp16 (--dtype fp16), int8 (MatMulInteger) and int8-weights (DequantizeLinear + float
-    MatMul), int4-ort (MatMulNBits, --opset 23) and int4-portable (blocked DequantizeLinear, --opset 21); tract runs
-    where it can, other rows print n/a with gpt2c's error.
+  gpt2c ORT / tract: `gpt2c bench --repeat R` (median run) of `gpt2c export` forms: fp32 portable, ort-fused
+    (--target ort --opset 23) and shared (--target ort --kv-cache shared), fp16 (--dtype fp16), int8 (MatMulInteger),
+    int8-weights (DequantizeLinear + float MatMul), int8-ort and int8-shared, int4-ort (MatMulNBits, --opset 23),
+    int4-portable (blocked DequantizeLinear, --opset 21) and int4-shared; tract runs where it can, other rows print
+    n/a with gpt2c's error. Exports are cached in --work: remove them after changing the compiler.
   llama.cpp: GGUF f32 / f16 / q8_0 / q4_0 (../shared/bench/llamacpp.sh), llama-bench -p 128 -n 64 -pg 128,64 -r R.
     Prefill is the p128 test; decode is 64 / (t(pg128,64) - t(p128)), so it decodes at the same positions as the
     others (llama-bench's tg64 starts from an empty context: it is given in the note).
@@ -34,11 +36,15 @@ import onnx
 
 PRECISIONS = ["fp32", "fp16", "int8", "int4"]
 TOOLS = ["gpt2c-ort", "gpt2c-tract", "llama.cpp", "ctranslate2", "optimum", "pytorch"]
-GPT2C_FORMS = {"fp32": [("portable", []), ("ort-fused", ["--target", "ort", "--opset", "23"])],
+SHARED = ["--target", "ort", "--kv-cache", "shared", "--opset", "23"]
+GPT2C_FORMS = {"fp32": [("portable", []), ("ort-fused", ["--target", "ort", "--opset", "23"]), ("shared", SHARED)],
                "fp16": [("portable", ["--dtype", "fp16"])],
-               "int8": [("int8", ["--quantize", "int8"]), ("int8-weights", ["--quantize", "int8-weights"])],
+               "int8": [("int8", ["--quantize", "int8"]), ("int8-weights", ["--quantize", "int8-weights"]),
+                        ("int8-ort", ["--quantize", "int8", "--target", "ort", "--opset", "23"]),
+                        ("int8-shared", ["--quantize", "int8", *SHARED])],
                "int4": [("int4-ort", ["--quantize", "int4", "--target", "ort", "--opset", "23"]),
-                        ("int4-portable", ["--quantize", "int4", "--opset", "21"])]}
+                        ("int4-portable", ["--quantize", "int4", "--opset", "21"]),
+                        ("int4-shared", ["--quantize", "int4", *SHARED])]}
 LLAMA_TYPES = {"fp32": "f32", "fp16": "f16", "int8": "q8_0", "int4": "q4_0"}
 # (precision, tool, form, peers.py --only name, the "peer" it reports)
 PEERS = [("fp32", "ctranslate2", "float32", "ct2", "ct2-float32"), ("int8", "ctranslate2", "int8", "ct2-int8", "ct2-int8"),
@@ -153,6 +159,7 @@ def main():
     p.add_argument("--timeout", type=int, default=1200, help="seconds allowed to one export, conversion or run")
     p.add_argument("--only", default=",".join(TOOLS))
     p.add_argument("--precisions", default=",".join(PRECISIONS))
+    p.add_argument("--forms", help="gpt2c export forms to run (default: all), e.g. portable,shared,int8-shared")
     p.add_argument("--json", help="also write every row and the bandwidth to this file")
     a = p.parse_args()
     tools, precisions = a.only.split(","), a.precisions.split(",")
@@ -183,6 +190,8 @@ def main():
     for prec in precisions:
         # gpt2c: each export form on each backend
         for form, flags in GPT2C_FORMS[prec] if {"gpt2c-ort", "gpt2c-tract"} & set(tools) else []:
+            if a.forms and form not in a.forms.split(","):
+                continue
             out = os.path.join(a.work, f"gpt2c-{prec}-{form}")
             err = None
             if not os.path.exists(os.path.join(out, "model.onnx")):
