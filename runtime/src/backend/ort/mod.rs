@@ -58,6 +58,9 @@ impl OrtRunner {
         if let Some(n) = options.threads {
             builder = builder.with_intra_threads(n).map_err(|e| fail(&e))?;
         }
+        if options.sleep_when_idle {
+            builder = builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| fail(&e))?;
+        }
         let (mut builder, providers, mut warnings) =
             ep::register(builder, &options.execution_providers, options.ep_strict)?;
         if let Some(w) = fp16_on_x86_cpu(model, &providers) {
