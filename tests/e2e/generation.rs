@@ -9,7 +9,8 @@ use gpt2c_compiler::ExportOptions;
 use gpt2c_compiler::gpt2::{GraphOptions, KvCache, Precision, Target};
 use gpt2c_runtime::backend::LogitsScope;
 use gpt2c_runtime::generate::GenerationConfig;
-use gpt2c_runtime::{BackendKind, ExportedModel, RunnerOptions, generate};
+use gpt2c_runtime::session::{Logits, StepInput};
+use gpt2c_runtime::{BackendKind, DecoderSession, ExportedModel, RunnerOptions, generate};
 use gpt2c_tests::{backends, export_fixture, fixture, shared_dir};
 use serde_json::{Map, Value};
 
@@ -145,12 +146,20 @@ fn tiny_trained_matches_transformers() {
     check_cases(&out, &load_cases(&fixture("generation/tiny-trained.json")));
 }
 
+/// One unpadded decode step of `ids.len()` rows after the session's cached positions.
+fn decode_step(session: &mut dyn DecoderSession, ids: &[i64]) -> Logits {
+    let past = session.past_len();
+    let mask = vec![1i64; ids.len() * (past + 1)];
+    let positions = vec![past as i64; ids.len()];
+    let step = StepInput { rows: ids.len(), seq: 1, input_ids: ids, attention_mask: &mask, position_ids: &positions };
+    session.forward(&step).unwrap()
+}
+
 /// Beam search's in-place reordering (only the rows that change, only the positions after the
 /// prompt they share) leaves the same cache as a full gather: the next step's logits are
 /// bit-identical, on the concatenating export (every backend) and on a `--kv-cache shared` one.
 #[test]
 fn beam_reordering_in_place_equals_a_gather() {
-    use gpt2c_runtime::session::StepInput;
     let (_t1, concat) = export_fixture("tiny-default", &ExportOptions::default());
     let (_t2, shared) = export_fixture("tiny-default", &shared_cache());
     let runs: Vec<(&Path, BackendKind)> = backends()
@@ -180,39 +189,16 @@ fn beam_reordering_in_place_equals_a_gather() {
             session.select_rows(&[0, 0, 0, 0]).unwrap();
             // Two generated positions that differ in every row.
             for t in 0..2i64 {
-                let past = session.past_len();
                 let ids: Vec<i64> = (0..4).map(|r| 20 + 4 * t + r).collect();
-                let mask = vec![1i64; 4 * (past + 1)];
-                let positions = vec![past as i64; 4];
-                session
-                    .forward(&StepInput {
-                        rows: 4,
-                        seq: 1,
-                        input_ids: &ids,
-                        attention_mask: &mask,
-                        position_ids: &positions,
-                    })
-                    .unwrap();
+                decode_step(session.as_mut(), &ids);
             }
             if in_place {
                 session.reorder_rows(&order, prompt.len()).unwrap();
             } else {
                 session.select_rows(&order).unwrap();
             }
-            let past = session.past_len();
-            assert_eq!(past, prompt.len() + 2);
-            let ids = vec![7i64, 7, 7, 7];
-            let mask = vec![1i64; 4 * (past + 1)];
-            let positions = vec![past as i64; 4];
-            let out = session
-                .forward(&StepInput {
-                    rows: 4,
-                    seq: 1,
-                    input_ids: &ids,
-                    attention_mask: &mask,
-                    position_ids: &positions,
-                })
-                .unwrap();
+            assert_eq!(session.past_len(), prompt.len() + 2);
+            let out = decode_step(session.as_mut(), &[7, 7, 7, 7]);
             assert_eq!((out.rows, out.data.len()), (4, 4 * out.vocab));
             logits.push(out.data);
         }
