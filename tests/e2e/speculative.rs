@@ -183,7 +183,7 @@ fn an_assistant_model_gives_greedy_ids() {
             let mut session = model.session(kind, &all).unwrap();
             for (assistant_dir, label) in [(&tmp.path().join("default"), "itself"), (&random, "random")] {
                 let assistant_model = ExportedModel::open(assistant_dir).unwrap();
-                let last = RunnerOptions { logits: LogitsScope::Last, sleep_when_idle: true, ..Default::default() };
+                let last = RunnerOptions::default().for_assistant();
                 let mut assistant = assistant_model.session(kind, &last).unwrap();
                 let (mut tokens, mut passes) = (0, 0);
                 for case in cases().iter().filter(|c| c.model == "tiny-trained") {

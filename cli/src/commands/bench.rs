@@ -173,7 +173,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut assistant = match &args.assistant_model {
         Some(dir) => {
             let model = ExportedModel::open(dir).with_context(|| format!("--assistant-model {}", dir.display()))?;
-            let session = model.session(backend, &args.run.assistant_options(Some(2))?)?;
+            let session = model.session(backend, &args.run.options(LogitsScope::Last, Some(2))?.for_assistant())?;
             Some((session, model.config.limits()))
         }
         None => None,

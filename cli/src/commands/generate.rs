@@ -306,7 +306,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut assistant = match &args.assistant_model {
         Some(dir) => {
             let model = ExportedModel::open(dir).with_context(|| format!("--assistant-model {}", dir.display()))?;
-            let session = model.session(generator.backend, &args.run.assistant_options(None)?)?;
+            let session =
+                model.session(generator.backend, &args.run.options(LogitsScope::Last, None)?.for_assistant())?;
             Some((session, model.config.limits()))
         }
         None => None,

@@ -67,12 +67,6 @@ impl RunArgs {
         Ok(options)
     }
 
-    /// An assistant model's session: the last position's logits, and threads that sleep between
-    /// runs, since it takes turns with the target on the same cores.
-    pub fn assistant_options(&self, default_threads: Option<usize>) -> anyhow::Result<RunnerOptions> {
-        Ok(RunnerOptions { sleep_when_idle: true, ..self.options(LogitsScope::Last, default_threads)? })
-    }
-
     pub fn choice(&self) -> BackendChoice {
         match self.backend {
             Backend::Auto => BackendChoice::Auto,

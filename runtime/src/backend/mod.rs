@@ -117,11 +117,17 @@ pub struct RunnerOptions {
     /// Intra-op threads sleep when a run ends instead of spinning for the next one (ONNX Runtime).
     /// For a session that takes turns with another on the same cores, as an assistant model with
     /// its target: spinning threads would hold the cores the other session's run needs (measured:
-    /// a tiny-trained assistant for a gpt2-small-shaped target decodes 49 tok/s spinning, 86 not).
+    /// a tiny-trained assistant for a gpt2-small-shaped target decodes 49 tok/s spinning, 84 not).
     pub sleep_when_idle: bool,
 }
 
 impl RunnerOptions {
+    /// These options for an assistant model's session: it drafts from its last position only, and
+    /// its threads sleep between runs since it takes turns with the target on the same cores.
+    pub fn for_assistant(self) -> RunnerOptions {
+        RunnerOptions { logits: LogitsScope::Last, sleep_when_idle: true, ..self }
+    }
+
     /// Refuses settings no engine should be given (a thread count of 0, or past [`max_threads`]).
     pub fn validate(&self) -> Result<(), RuntimeError> {
         match self.threads {

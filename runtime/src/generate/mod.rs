@@ -202,8 +202,7 @@ pub fn generate_with_clock(
 }
 
 /// The model behind an assistant session: what [`generate_assisted`] checks it against. Open its
-/// session with [`RunnerOptions::sleep_when_idle`](crate::RunnerOptions::sleep_when_idle) (and the
-/// last position's logits): it takes turns with the target's session on the same cores.
+/// session with [`RunnerOptions::for_assistant`](crate::RunnerOptions::for_assistant).
 pub struct Assistant<'a> {
     pub session: &'a mut dyn DecoderSession,
     pub limits: ModelLimits,
