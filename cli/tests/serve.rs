@@ -10,225 +10,15 @@
 //!
 //! Under GPT2C_CI=1 nothing here skips.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn ci() -> bool {
-    std::env::var("GPT2C_CI").is_ok_and(|v| v == "1")
-}
+mod support;
 
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("GPT2C_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let ok = dir.join("models/tiny-trained/model.safetensors").is_file();
-    if !ok && ci() {
-        panic!("{}: the shared models are required under GPT2C_CI=1", dir.display());
-    }
-    if !ok {
-        eprintln!("skipping: no shared models at {} (set GPT2C_SHARED)", dir.display());
-    }
-    ok.then_some(dir)
-}
-
-fn ort_available() -> bool {
-    let ok = std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| Path::new(&p).is_file());
-    if !ok && ci() {
-        panic!("ORT_DYLIB_PATH must point to ONNX Runtime under GPT2C_CI=1");
-    }
-    ok
-}
-
-/// One server at a time: each test's timing (a queued request, a stream cut mid-way) assumes
-/// the machine is not shared with other servers of this file.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn gpt2c() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gpt2c"))
-}
-
-/// tiny-trained exported into a temporary folder (named `tiny-trained`: the served model name).
-fn export() -> Option<(tempfile::TempDir, String)> {
-    export_with(&[])
-}
-
-/// tiny-trained exported with extra `gpt2c export` options.
-fn export_with(options: &[&str]) -> Option<(tempfile::TempDir, String)> {
-    let ckpt = shared()?.join("models/tiny-trained");
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("tiny-trained");
-    let o = gpt2c()
-        .args(["export", ckpt.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"])
-        .args(options)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    Some((tmp, out.to_str().unwrap().to_string()))
-}
-
-/// A running `gpt2c serve`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-    lines: std::sync::Mutex<mpsc::Receiver<String>>,
-}
-
-impl Server {
-    fn start(dir: &str, backend: &str, args: &[&str]) -> Server {
-        let threads: &[&str] = if args.contains(&"--threads") { &[] } else { &["--threads", "2"] };
-        let mut child = gpt2c()
-            .args(["serve", dir, "--port", "0", "--backend", backend])
-            .args(threads)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let first = lines.recv_timeout(Duration::from_secs(60)).expect("serve prints where it listens");
-        let addr = first.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().to_string();
-        let server = Server { child, addr, lines: std::sync::Mutex::new(lines) };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while server.get("/health").0 != 200 {
-            assert!(Instant::now() < deadline, "the model did not load");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8(raw).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        (status, head.to_string(), body)
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let (status, _, body) = self.request("GET", path, "");
-        (status, body)
-    }
-
-    fn post(&self, body: &Value) -> (u16, Value) {
-        let (status, _, text) = self.request("POST", "/v1/completions", &body.to_string());
-        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
-    }
-
-    /// A metric's value (the first sample whose line starts with `name`).
-    fn metric(&self, name: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
-    }
-
-    /// Opens a streamed request; returns the connection, positioned at the first event.
-    fn open_stream(&self, body: &Value) -> BufReader<TcpStream> {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let body = body.to_string();
-        write!(
-            s,
-            "POST /v1/completions HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.contains(" 200 "), "{line}");
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-        }
-        r
-    }
-
-    /// Every `data:` payload of a stream, to `[DONE]` included.
-    fn stream(&self, body: &Value) -> Vec<String> {
-        let r = self.open_stream(body);
-        let mut events = Vec::new();
-        for line in r.lines().map_while(Result::ok) {
-            if let Some(data) = line.strip_prefix("data: ") {
-                events.push(data.to_string());
-                if data == "[DONE]" {
-                    break;
-                }
-            }
-        }
-        events
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Next `data:` payload of an open stream.
-fn next_event(r: &mut BufReader<TcpStream>) -> Option<String> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if let Some(data) = line.trim_end().strip_prefix("data: ") {
-            return Some(data.to_string());
-        }
-    }
-}
-
-/// A chunked HTTP body (SSE over hyper) as one string.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
+use support::*;
 
 /// What company must not change: each choice's text, finish reason and logprob tokens.
 fn essence(response: &Value) -> Value {
@@ -256,7 +46,8 @@ fn mixed_requests() -> Vec<Value> {
         json!({"model": m, "prompt": "The little dog ran", "max_tokens": 24, "temperature": 0}),
         json!({"model": m, "prompt": "Once upon a time there was a girl who", "max_tokens": 40}),
         json!({"model": m, "prompt": "She opened the door and", "max_tokens": 16, "num_beams": 3, "n": 2}),
-        json!({"model": m, "prompt": "In the morning", "max_tokens": 30, "temperature": 0.8, "seed": 7, "top_k": 40}),
+        json!({"model": m, "prompt": "In the morning", "max_tokens": 30, "temperature": 0.8, "seed": 7, "top_k": 40,
+               "top_p": 0.9, "typical_p": 0.95}),
         json!({"model": m, "prompt": "He said that", "max_tokens": 20, "temperature": 1.2, "top_p": 0.9, "seed": 11, "n": 2}),
         json!({"model": m, "prompt": "The sun was", "max_tokens": 30, "repetition_penalty": 1.3, "no_repeat_ngram_size": 3}),
         json!({"model": m, "prompt": format!("{SYSTEM} A boy found a"), "max_tokens": 20}),
@@ -278,6 +69,10 @@ fn company_independence(backend: &str, export_options: &[&str]) {
     // Small prefill chunks: the long prompt is prefilled in pieces between decode steps.
     let server = Server::start(&dir, backend, &["--max-batch-rows", "64", "--prefill-chunk", "16"]);
     let requests = mixed_requests();
+    // The shared system prompt's length in tokens, as the server counts it.
+    let (status, system) = server.post(&json!({"model": "tiny-trained", "prompt": SYSTEM, "max_tokens": 1}));
+    assert_eq!(status, 200, "{system}");
+    let system_tokens = system["usage"]["prompt_tokens"].as_f64().unwrap();
     let alone: Vec<Value> = requests
         .iter()
         .map(|r| {
@@ -287,8 +82,12 @@ fn company_independence(backend: &str, export_options: &[&str]) {
         })
         .collect();
     let steps_alone = server.metric("gpt2c_decode_steps_total");
+    let reused_alone = server.metric("gpt2c_prefix_cache_reused_tokens_total");
+    let id = |i: usize| format!("{backend}-burst-{}-{i}", export_options.len());
     let together: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = requests.iter().map(|r| s.spawn(|| server.post(r))).collect();
+        let (server, id) = (&server, &id);
+        let handles: Vec<_> =
+            requests.iter().enumerate().map(|(i, r)| s.spawn(move || server.post_with_id(r, &id(i)))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
     })
     .into_iter()
@@ -300,19 +99,49 @@ fn company_independence(backend: &str, export_options: &[&str]) {
     assert_eq!(together.len(), requests.len());
     for ((r, a), t) in requests.iter().zip(&alone).zip(&together) {
         assert_eq!(essence(a), essence(t), "{backend}: {r} alone vs in company");
-        let la = a["choices"][0]["logprobs"]["token_logprobs"].as_array();
-        let lt = t["choices"][0]["logprobs"]["token_logprobs"].as_array();
-        if let (Some(la), Some(lt)) = (la, lt) {
-            assert_eq!(la.len(), lt.len());
-            for (x, y) in la.iter().zip(lt) {
-                assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-3, "{x} vs {y}");
+        // Every choice's log-probabilities and alternatives agree to float rounding.
+        let (ca, ct) = (a["choices"].as_array().unwrap(), t["choices"].as_array().unwrap());
+        assert_eq!(ca.len(), ct.len());
+        for (x, y) in ca.iter().zip(ct) {
+            let (lx, ly) = (&x["logprobs"], &y["logprobs"]);
+            assert_eq!(lx.is_null(), ly.is_null(), "{r}");
+            if lx.is_null() {
+                continue;
+            }
+            let (px, py) = (lx["token_logprobs"].as_array().unwrap(), ly["token_logprobs"].as_array().unwrap());
+            assert_eq!(px.len(), py.len());
+            for (p, q) in px.iter().zip(py) {
+                assert!((p.as_f64().unwrap() - q.as_f64().unwrap()).abs() < 1e-5, "{backend}: {p} vs {q}");
+            }
+            let (tx, ty) = (lx["top_logprobs"].as_array().unwrap(), ly["top_logprobs"].as_array().unwrap());
+            assert_eq!(tx.len(), ty.len());
+            for (p, q) in tx.iter().zip(ty) {
+                let (p, q) = (p.as_object().unwrap(), q.as_object().unwrap());
+                assert_eq!(p.keys().collect::<Vec<_>>(), q.keys().collect::<Vec<_>>(), "the same alternatives");
+                for (k, v) in p {
+                    assert!(
+                        (v.as_f64().unwrap() - q[k].as_f64().unwrap()).abs() < 1e-5,
+                        "{backend}: {k}: {v} vs {}",
+                        q[k]
+                    );
+                }
             }
         }
     }
     // The burst really was batched: fewer decode steps than running the requests one by one.
     let steps_together = server.metric("gpt2c_decode_steps_total") - steps_alone;
     assert!(steps_together < 0.6 * steps_alone, "{steps_together} steps together vs {steps_alone} alone");
-    assert!(server.metric("gpt2c_prefix_cache_hits_total") >= 2.0, "the shared prefix was reused");
+    // The shared system prompt was taken from the prefix cache, not recomputed.
+    let reused = server.metric("gpt2c_prefix_cache_reused_tokens_total") - reused_alone;
+    assert!(reused >= system_tokens, "{reused} positions reused in the burst; the system prompt is {system_tokens}");
+    // The beam request (3 rows), the long prompt prefilled in chunks and the logprobs request each
+    // decoded beside other requests' rows: the most rows of their steps exceed their own.
+    for (i, own) in [(2, 3), (14, 1), (12, 1)] {
+        let lines = server.log_of(&id(i), Duration::from_secs(10));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let peak = lines[0]["batch_rows_peak"].as_u64().unwrap_or(0);
+        assert!(peak > own, "{backend}: request {i} decoded with at most {peak} rows, its own {own}");
+    }
     // Every choice count is as asked; texts are not empty.
     assert_eq!(alone[2]["choices"].as_array().unwrap().len(), 2);
     assert_eq!(alone[4]["choices"].as_array().unwrap().len(), 2);
@@ -322,27 +151,87 @@ fn company_independence(backend: &str, export_options: &[&str]) {
     let stop_text = alone[10]["choices"][0]["text"].as_str().unwrap();
     assert!(!stop_text.contains('.'), "stop strings are cut: {stop_text:?}");
 
-    // Greedy and beam search equal `gpt2c generate` with the same settings.
+    // Greedy, beam search and seeded sampling (top_k, top_p, typical_p, n) equal `gpt2c generate`
+    // with the same settings and seed.
     for (i, args) in [
         (1, vec!["--max-new-tokens", "40"]),
         (2, vec!["--max-new-tokens", "16", "--num-beams", "3", "--num-return-sequences", "2"]),
+        (
+            3,
+            vec![
+                "--max-new-tokens",
+                "30",
+                "--do-sample",
+                "--temperature",
+                "0.8",
+                "--seed",
+                "7",
+                "--top-k",
+                "40",
+                "--top-p",
+                "0.9",
+                "--typical-p",
+                "0.95",
+            ],
+        ),
+        (
+            4,
+            vec![
+                "--max-new-tokens",
+                "20",
+                "--do-sample",
+                "--temperature",
+                "1.2",
+                "--top-p",
+                "0.9",
+                "--seed",
+                "11",
+                "--num-return-sequences",
+                "2",
+            ],
+        ),
+        (
+            11,
+            vec!["--max-new-tokens", "25", "--do-sample", "--temperature", "1.0", "--typical-p", "0.9", "--seed", "21"],
+        ),
     ] {
         let prompt = requests[i]["prompt"].as_str().unwrap();
-        let o = gpt2c()
-            .args(["generate", &dir, "--backend", backend, "-p", prompt, "--json", "-q"])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let sequences = doc["sequences"].as_array().unwrap_or_else(|| panic!("{doc}"));
-        let served = alone[i]["choices"].as_array().unwrap();
-        assert_eq!(sequences.len(), served.len());
-        for (g, s) in sequences.iter().zip(served) {
-            let text = g["continuation"].as_str().unwrap().trim_end_matches("<|endoftext|>");
-            assert_eq!(text, s["text"].as_str().unwrap(), "{backend}: request {i} vs gpt2c generate");
-        }
+        let generated = generate_texts(&dir, backend, &[prompt], &args);
+        let served: Vec<&str> =
+            alone[i]["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap()).collect();
+        assert_eq!(generated, served, "{backend}: request {i} vs gpt2c generate");
     }
+    // A seeded request of several prompts samples each prompt as if it came alone: each equals
+    // `gpt2c generate -p PROMPT --seed S` of its own (one call with both prompts draws them from
+    // one generator, row after row at each step, so it gives other samples).
+    let prompts = ["A red ball", "Two friends"];
+    let (status, multi) = server
+        .post(&json!({"model": "tiny-trained", "prompt": prompts, "max_tokens": 15, "temperature": 0.9, "seed": 5}));
+    assert_eq!(status, 200, "{multi}");
+    let args = ["--max-new-tokens", "15", "--do-sample", "--temperature", "0.9", "--seed", "5"];
+    let served: Vec<&str> = multi["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let each: Vec<String> = prompts.iter().flat_map(|p| generate_texts(&dir, backend, &[p], &args)).collect();
+    assert_eq!(served, each, "{backend}: each prompt as if alone");
+    let together = generate_texts(&dir, backend, &prompts, &args);
+    assert_eq!(together.len(), 2);
+    assert_ne!(together, each, "one generator draws both prompts' samples, step by step, in one call");
+}
+
+/// `gpt2c generate`'s continuations (trailing EOS dropped) of `prompts` with `args`.
+fn generate_texts(dir: &str, backend: &str, prompts: &[&str], args: &[&str]) -> Vec<String> {
+    let o = gpt2c()
+        .args(["generate", dir, "--backend", backend, "--json", "-q"])
+        .args(prompts.iter().flat_map(|p| ["-p", p]))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sequences = doc["sequences"].as_array().unwrap_or_else(|| panic!("{doc}"));
+    sequences
+        .iter()
+        .map(|g| g["continuation"].as_str().unwrap().trim_end_matches("<|endoftext|>").to_string())
+        .collect()
 }
 
 #[test]

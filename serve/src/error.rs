@@ -53,6 +53,59 @@ impl ApiError {
         )
     }
 
+    /// 401 as OpenAI answers a missing or wrong key.
+    pub fn unauthorized(given: bool) -> ApiError {
+        let message = if given {
+            "Incorrect API key provided. Give one of this server's keys as `Authorization: Bearer KEY`."
+        } else {
+            "You didn't provide an API key. Give one of this server's keys as `Authorization: Bearer KEY`."
+        };
+        ApiError {
+            code: Some("invalid_api_key"),
+            ..ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+        }
+    }
+
+    /// 403 for a `Host` this server does not answer to (DNS rebinding).
+    pub fn forbidden_host(host: Option<String>) -> ApiError {
+        let shown = host.map_or_else(|| "no Host header".to_string(), |h| format!("Host {h:?}"));
+        ApiError {
+            code: Some("host_not_allowed"),
+            param: Some("Host".into()),
+            ..ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                format!("{shown} is not one this server answers to (--allowed-host)"),
+            )
+        }
+    }
+
+    /// 415 for a POST whose body is not declared JSON.
+    pub fn unsupported_media_type(given: Option<String>) -> ApiError {
+        let shown = given.map_or_else(|| "no Content-Type header".to_string(), |t| format!("Content-Type {t:?}"));
+        ApiError {
+            code: Some("unsupported_media_type"),
+            param: Some("Content-Type".into()),
+            ..ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                format!("{shown}: the body must be sent as `Content-Type: application/json`"),
+            )
+        }
+    }
+
+    /// 408 for a body that did not arrive in time.
+    pub fn body_timeout(seconds: f64) -> ApiError {
+        ApiError {
+            code: Some("timeout"),
+            ..ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!("the request body did not arrive within {seconds} s (--header-timeout-s)"),
+            )
+        }
+    }
+
     pub fn queue_full(max_queue: usize) -> ApiError {
         ApiError {
             retry_after: Some(1),
@@ -86,8 +139,15 @@ impl ApiError {
 
     /// The metrics label of the outcome.
     pub fn outcome(&self) -> &'static str {
-        match self.status.as_u16() {
-            400 | 404 | 405 | 413 => "invalid",
+        ApiError::outcome_of(self.status)
+    }
+
+    /// The metrics label of a response's status.
+    pub fn outcome_of(status: StatusCode) -> &'static str {
+        match status.as_u16() {
+            200..=299 => "ok",
+            401 | 403 => "unauthorized",
+            400 | 404 | 405 | 408 | 413 | 415 => "invalid",
             429 => "rejected",
             503 => "unavailable",
             504 => "timeout",
@@ -106,6 +166,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -1,41 +1,51 @@
 //! `gpt2c serve`: an OpenAI-compatible HTTP service over one export, with continuous batching.
 //!
 //! ```text
-//! HTTP (axum) ─► request (OpenAI + transformers fields → GenerationConfig, checked)
-//!             ─► completions (a blocking worker per prompt: generate() over a batch member)
-//!             ─► runtime::batch (one scheduler, one engine, prefix cache) ─► events ─► JSON or SSE
+//! http (connections: cap, header and write deadlines, shutdown phases)
+//!  ─► guard (Host, API key, Content-Type, Content-Length; request id and record)
+//!  ─► completions: body under its deadline ─► validation (blocking pool) ─► queue (async permits)
+//!  ─► infer (a blocking worker per admitted prompt: generate() over a batch member)
+//!  ─► runtime::batch (one scheduler, one engine, prefix cache partitioned per caller)
+//!  ─► response (JSON, or SSE chunks decoded incrementally)
 //! ```
 //!
 //! Endpoints: `POST /v1/completions`, `GET /v1/models`, `GET /health` (503 until the model is
 //! loaded and while draining), `GET /metrics` (Prometheus). SIGTERM or Ctrl-C: new requests get
-//! 503, requests in flight finish, then the server exits.
+//! 503, requests in flight get the grace period to finish, what is left ends with an error, and
+//! the server exits 0 within a second of the grace period's end, whatever the clients do.
 
 pub mod completions;
 pub mod error;
+pub mod guard;
+pub mod http;
+pub mod infer;
+pub mod inflight;
 pub mod metrics;
-pub mod request;
+pub mod queue;
+pub mod record;
+pub mod response;
 pub mod state;
+pub mod validation;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use gpt2c_runtime::batch::{BatchOptions, Interrupt};
+use gpt2c_runtime::batch::BatchOptions;
 use gpt2c_runtime::text::BackendChoice;
 use gpt2c_runtime::{BackendKind, ExportedModel, ModelError};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use completions::{CancelOnDrop, Event, Job, StreamedText};
 use error::ApiError;
+pub use guard::Access;
+use http::Phase;
 pub use state::ServeOptions;
 use state::{Loaded, Shared};
 
@@ -56,6 +66,14 @@ pub enum ServeError {
 pub const MAX_BATCH_ROWS: usize = gpt2c_runtime::generate::limits::MAX_ROWS;
 /// The most prompts that may wait.
 pub const MAX_QUEUE: usize = 1 << 16;
+/// The most open connections.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+/// The longest any of the server's timeouts may be (a day).
+pub const MAX_SECONDS: f64 = 86_400.0;
+/// Bodies parsed and tokenized at once.
+const PARSERS: usize = 4;
+/// How long requests still running at the end of the grace period get to send their error.
+const ABORT_WAIT: Duration = Duration::from_millis(250);
 
 fn setting(field: &'static str, message: impl Into<String>) -> ServeError {
     ServeError::Setting { field, message: message.into() }
@@ -75,7 +93,7 @@ fn validate(o: &ServeOptions, model: &ExportedModel) -> Result<(), ServeError> {
     if o.prefill_chunk == 0 {
         return Err(setting("prefill-chunk", "must be at least 1"));
     }
-    if !(o.request_timeout_s > 0.0 && o.request_timeout_s.is_finite()) {
+    if !(o.request_timeout_s > 0.0 && o.request_timeout_s.is_finite() && o.request_timeout_s <= MAX_SECONDS) {
         return Err(setting(
             "request-timeout-s",
             format!("({}) must be a positive number of seconds", o.request_timeout_s),
@@ -84,6 +102,23 @@ fn validate(o: &ServeOptions, model: &ExportedModel) -> Result<(), ServeError> {
     if o.max_body_bytes == 0 {
         return Err(setting("max-body-kib", "must be at least 1"));
     }
+    for (field, value) in [
+        ("header-timeout-s", o.header_timeout_s),
+        ("write-timeout-s", o.write_timeout_s),
+        ("shutdown-grace-s", o.shutdown_grace_s.unwrap_or(o.request_timeout_s)),
+    ] {
+        let ok = if field == "shutdown-grace-s" { value >= 0.0 } else { value > 0.0 };
+        if !(ok && value.is_finite() && value <= MAX_SECONDS) {
+            return Err(setting(field, format!("({value}) must be a number of seconds up to {MAX_SECONDS}")));
+        }
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&o.max_connections) {
+        return Err(setting(
+            "max-connections",
+            format!("({}) must be between 1 and {MAX_CONNECTIONS}", o.max_connections),
+        ));
+    }
+    guard::check_access(&o.access).map_err(|(field, message)| setting(field, message))?;
     let limit = gpt2c_runtime::generate::limits::byte_limit();
     let prefix = o.prefix_cache_mib.saturating_mul(1 << 20);
     if prefix > limit {
@@ -123,18 +158,43 @@ fn backend_kind(choice: BackendChoice) -> BackendKind {
     }
 }
 
+/// The options as the server runs them: a loopback server answers only to loopback names unless
+/// told otherwise; a server reachable from other machines needs a key or a word that it does not.
+fn settle(mut o: ServeOptions, on_event: &dyn Fn(&str)) -> Result<ServeOptions, ServeError> {
+    let a = &mut o.access;
+    if o.host.is_loopback() && a.allowed_hosts.is_empty() {
+        a.allowed_hosts = guard::LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
+    }
+    if !o.host.is_loopback() && a.api_keys.is_empty() {
+        if !o.allow_unauthenticated {
+            return Err(setting(
+                "host",
+                format!(
+                    "{} is reachable from other machines, and no API key is set: give --api-key (or \
+                     --api-key-file, or GPT2C_API_KEY), or --allow-unauthenticated to serve anyone on purpose",
+                    o.host
+                ),
+            ));
+        }
+        on_event(&format!("warning: serving on {} without an API key: anyone who can reach it can use it", o.host));
+    }
+    Ok(o)
+}
+
 /// Runs the server until SIGTERM or Ctrl-C. `on_event` hears where it listens, then when the
 /// model is loaded (what runs it), for the caller to print.
 pub fn run(options: ServeOptions, on_event: impl Fn(&str) + Send + Sync + 'static) -> Result<(), ServeError> {
     let model = ExportedModel::open(&options.dir)?;
     model.check_generates()?;
     validate(&options, &model)?;
+    let options = settle(options, &on_event)?;
     let tokenizer = model.tokenizer()?;
     let name = options.model_name.clone().unwrap_or_else(|| {
         let dir = std::fs::canonicalize(&options.dir).unwrap_or_else(|_| options.dir.clone());
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("gpt2c").to_string()
     });
-    let threads = options.max_batch_rows + options.max_queue + 16;
+    // A blocking thread per running prompt (each holds at least a row), and the parsers.
+    let threads = options.max_batch_rows + PARSERS + 8;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(threads)
@@ -143,17 +203,43 @@ pub fn run(options: ServeOptions, on_event: impl Fn(&str) + Send + Sync + 'stati
         .map_err(|e| ServeError::Server(format!("cannot start the async runtime: {e}")))?;
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shared = Arc::new(Shared {
+        queue: queue::Queue::new(options.max_batch_rows, options.max_queue),
         options,
         model_name: name,
         loaded: Default::default(),
         metrics: Default::default(),
-        queued: Default::default(),
-        running: Default::default(),
+        parsers: tokio::sync::Semaphore::new(PARSERS),
+        in_flight: Default::default(),
         draining: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
         started,
     });
     let on_event = Arc::new(on_event);
-    runtime.block_on(serve(shared, model, tokenizer, on_event))
+    let result = runtime.block_on(serve(shared, model, tokenizer, on_event.clone()));
+    // Workers still running stop at their next step (their requests were stopped): do not wait
+    // for them past a moment.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    if result.is_ok() {
+        on_event("stopped");
+    }
+    result
+}
+
+/// The routes, behind the guard (and CORS when asked for).
+fn routes(shared: &Arc<Shared>) -> Router {
+    let app = Router::new()
+        .route("/v1/completions", post(completions::route))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_route))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard::guard))
+        .with_state(shared.clone());
+    match guard::cors(&shared.options.access) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
 }
 
 async fn serve(
@@ -201,41 +287,40 @@ async fn serve(
         }
     });
 
-    let app = Router::new()
-        .route("/v1/completions", post(completions_route))
-        .route("/v1/models", get(models))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_route))
-        .fallback(not_found)
-        .with_state(shared.clone());
-    let failure: Arc<std::sync::Mutex<Option<String>>> = Default::default();
-    let failure_in = failure.clone();
-    let draining = shared.clone();
-    let stop = async move {
-        tokio::select! {
-            () = signal() => {}
-            Some(message) = failed_rx.recv() => {
-                if let Ok(mut f) = failure_in.lock() {
-                    *f = Some(message);
-                }
-            }
-        }
-        draining.draining.store(true, Ordering::SeqCst);
-        // Requests in flight (and queued) finish; each is bounded by the request timeout.
-        while draining.running.load(Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+    let server = tokio::spawn(http::serve(listener, routes(&shared), shared.clone(), phase_rx));
+    let failure = tokio::select! {
+        () = signal() => None,
+        Some(message) = failed_rx.recv() => Some(message),
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| ServeError::Server(format!("the HTTP server failed: {e}")))?;
-    match failure.lock().ok().and_then(|mut f| f.take()) {
-        Some(message) => Err(ServeError::Server(format!("cannot load the model: {message}"))),
-        None => {
-            on_event("stopped: every request finished");
-            Ok(())
+    shared.draining.store(true, Ordering::SeqCst);
+    let _ = phase_tx.send(Phase::Draining);
+    if failure.is_none() {
+        let grace = shared.options.shutdown_grace();
+        on_event(&format!(
+            "draining: {} requests in flight get up to {} s",
+            shared.in_flight.len(),
+            grace.as_secs_f64()
+        ));
+        let _ = tokio::time::timeout(grace, wait_until(|| shared.in_flight.is_empty())).await;
+        if !shared.in_flight.is_empty() {
+            on_event(&format!("grace period over: stopping {} requests", shared.in_flight.len()));
+            shared.closing.store(true, Ordering::SeqCst);
+            shared.in_flight.cancel_all();
+            let _ = tokio::time::timeout(ABORT_WAIT, wait_until(|| shared.in_flight.is_empty())).await;
         }
+    }
+    let _ = phase_tx.send(Phase::Closed);
+    let _ = tokio::time::timeout(http::CLOSE_WAIT + Duration::from_millis(100), server).await;
+    match failure {
+        Some(message) => Err(ServeError::Server(format!("cannot load the model: {message}"))),
+        None => Ok(()),
+    }
+}
+
+async fn wait_until(done: impl Fn() -> bool) {
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -287,195 +372,11 @@ async fn metrics_route(State(shared): State<Arc<Shared>>) -> Response {
     let loaded = shared.loaded.get();
     let gauges = metrics::Gauges {
         stats: loaded.map(|l| l.batcher.stats()),
-        queued: shared.queued.load(Ordering::Relaxed),
-        running: shared.running.load(Ordering::Relaxed),
+        queued: shared.queue.waiting(),
+        running: shared.in_flight.len(),
         loaded: loaded.is_some(),
+        connections: shared.connections.load(Ordering::Relaxed),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], shared.metrics.render(&gauges))
         .into_response()
-}
-
-/// Counts a request as running until dropped.
-struct Running(Arc<Shared>);
-
-impl Running {
-    fn new(shared: &Arc<Shared>) -> Running {
-        shared.running.fetch_add(1, Ordering::SeqCst);
-        Running(shared.clone())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn completions_route(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let running = Running::new(&shared);
-    match completion(shared.clone(), request, running).await {
-        Ok(response) => response,
-        Err(e) => {
-            shared.metrics.count(e.outcome());
-            e.into_response()
-        }
-    }
-}
-
-async fn completion(shared: Arc<Shared>, request: Request, running: Running) -> Result<Response, ApiError> {
-    if shared.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
-    let loaded = shared.loaded.get().cloned().ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
-    if !loaded.batcher.is_running() {
-        return Err(ApiError::internal("the scheduler has stopped; restart the server"));
-    }
-    let limit = shared.options.max_body_bytes;
-    let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| ApiError::too_large(limit))?;
-    let ctx = request::Context {
-        model_name: &shared.model_name,
-        defaults: &loaded.defaults,
-        tokenizer: &loaded.tokenizer,
-        limits: loaded.limits,
-        max_rows: loaded.batcher.max_rows(),
-    };
-    let c = request::parse(&body, &ctx)?;
-    let prompts = c.prompts.len();
-    let before = shared.queued.fetch_add(prompts, Ordering::SeqCst);
-    if before + prompts > shared.options.max_queue {
-        shared.queued.fetch_sub(prompts, Ordering::SeqCst);
-        return Err(ApiError::queue_full(shared.options.max_queue));
-    }
-    let prompt_tokens: usize = c.prompts.iter().map(|p| p.ids.len()).sum();
-    shared.metrics.prompt_tokens.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let timeout = Duration::try_from_secs_f64(shared.options.request_timeout_s).unwrap_or(Duration::MAX);
-    let interrupt = Interrupt { cancelled: cancel.clone(), deadline: Instant::now().checked_add(timeout) };
-    let job = Arc::new(Job::new(c, interrupt));
-    let (tx, rx) = mpsc::unbounded_channel();
-    for p in 0..prompts {
-        let (shared, loaded, job, tx) = (shared.clone(), loaded.clone(), job.clone(), tx.clone());
-        tokio::task::spawn_blocking(move || completions::run_prompt(shared, loaded, job, p, tx));
-    }
-    drop(tx);
-    if job.completion.stream {
-        let (sse_tx, sse_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-        tokio::spawn(stream(shared, loaded, job, rx, sse_tx, running, CancelOnDrop(cancel)));
-        let body = Sse::new(tokio_stream::wrappers::ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default());
-        return Ok(body.into_response());
-    }
-    let _cancel = CancelOnDrop(cancel);
-    let mut rx = rx;
-    let mut choices = Vec::new();
-    let mut finished = 0;
-    while finished < prompts {
-        match rx.recv().await {
-            Some(Event::Token { .. }) => {}
-            Some(Event::Finished { result, .. }) => {
-                finished += 1;
-                choices.extend(result?);
-            }
-            None => return Err(ApiError::internal("a generation worker stopped without an answer")),
-        }
-    }
-    shared.metrics.request_duration.observe(job.arrived.elapsed());
-    shared.metrics.count("ok");
-    let body = completions::response(&loaded, &shared.model_name, &job.completion, choices);
-    drop(running);
-    Ok(axum::Json(body).into_response())
-}
-
-fn chunk(id: &str, created: u64, model: &str, index: usize, text: &str, finish: Option<&str>) -> SseEvent {
-    let body = json!({"id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": index, "text": text, "logprobs": null, "finish_reason": finish}]});
-    SseEvent::default().data(body.to_string())
-}
-
-/// Turns a request's events into server-sent events; stops its workers when the client leaves.
-async fn stream(
-    shared: Arc<Shared>,
-    loaded: Arc<Loaded>,
-    job: Arc<Job>,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    out: mpsc::Sender<Result<SseEvent, Infallible>>,
-    running: Running,
-    _cancel: CancelOnDrop,
-) {
-    let c = &job.completion;
-    let (id, created) = completions::stamp();
-    let model = shared.model_name.as_str();
-    let eos = c.config.eos();
-    let choices = c.prompts.len() * c.n.max(1);
-    let mut texts: Vec<StreamedText> = (0..choices).map(|_| StreamedText::default()).collect();
-    let mut completion_tokens = 0;
-    let send = |e: SseEvent| {
-        let out = out.clone();
-        async move { out.send(Ok(e)).await.is_ok() }
-    };
-    if c.echo {
-        for i in 0..choices {
-            let prompt = loaded.tokenizer.decode(&c.prompts[i / c.n.max(1)].ids).unwrap_or_default();
-            if !send(chunk(&id, created, model, i, &prompt, None)).await {
-                shared.metrics.count("cancelled");
-                return;
-            }
-        }
-    }
-    let mut finished = 0;
-    while finished < c.prompts.len() {
-        let event = tokio::select! {
-            e = rx.recv() => e,
-            () = out.closed() => {
-                shared.metrics.count("cancelled");
-                return;
-            }
-        };
-        let ok = match event {
-            Some(Event::Token { choice, token }) => {
-                match texts.get_mut(choice).and_then(|t| t.push(token, &loaded.tokenizer, &eos, &c.stop)) {
-                    Some(piece) => send(chunk(&id, created, model, choice, &piece, None)).await,
-                    None => true,
-                }
-            }
-            Some(Event::Finished { result: Ok(done), .. }) => {
-                finished += 1;
-                let mut ok = true;
-                for ch in done {
-                    completion_tokens += ch.tokens.len();
-                    let (text, cut) = completions::visible_text(&loaded.tokenizer, &ch.tokens, &eos, &c.stop);
-                    let rest = texts.get_mut(ch.index).and_then(|t| t.finish(&text)).unwrap_or_default();
-                    let reason = completions::finish_reason(ch.finish, cut);
-                    ok &= send(chunk(&id, created, model, ch.index, &rest, Some(reason))).await;
-                }
-                ok
-            }
-            Some(Event::Finished { result: Err(e), .. }) => {
-                shared.metrics.count(e.outcome());
-                let _ = send(SseEvent::default().data(e.body().to_string())).await;
-                let _ = send(SseEvent::default().data("[DONE]")).await;
-                return;
-            }
-            None => {
-                let e = ApiError::internal("a generation worker stopped without an answer");
-                shared.metrics.count(e.outcome());
-                let _ = send(SseEvent::default().data(e.body().to_string())).await;
-                let _ = send(SseEvent::default().data("[DONE]")).await;
-                return;
-            }
-        };
-        if !ok {
-            shared.metrics.count("cancelled");
-            return;
-        }
-    }
-    if c.include_usage {
-        let prompt_tokens: usize = c.prompts.iter().map(|p| p.ids.len()).sum();
-        let body = json!({"id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [], "usage": completions::usage(prompt_tokens, completion_tokens)});
-        let _ = send(SseEvent::default().data(body.to_string())).await;
-    }
-    let _ = send(SseEvent::default().data("[DONE]")).await;
-    shared.metrics.request_duration.observe(job.arrived.elapsed());
-    shared.metrics.count("ok");
-    drop(running);
 }

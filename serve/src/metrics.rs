@@ -48,7 +48,8 @@ impl Histogram {
 }
 
 /// Outcomes a request is counted under.
-pub const OUTCOMES: &[&str] = &["ok", "invalid", "rejected", "unavailable", "timeout", "cancelled", "error"];
+pub const OUTCOMES: &[&str] =
+    &["ok", "invalid", "unauthorized", "rejected", "unavailable", "timeout", "cancelled", "error"];
 
 /// The server's counters.
 pub struct Metrics {
@@ -58,6 +59,10 @@ pub struct Metrics {
     pub time_to_first_token: Histogram,
     pub inter_token_latency: Histogram,
     pub request_duration: Histogram,
+    /// From a prompt's arrival to its admission to the batch.
+    pub queue_time: Histogram,
+    /// Connections refused past --max-connections.
+    pub connections_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -69,6 +74,8 @@ impl Default for Metrics {
             time_to_first_token: Histogram::new(LATENCY_BUCKETS),
             inter_token_latency: Histogram::new(LATENCY_BUCKETS),
             request_duration: Histogram::new(LATENCY_BUCKETS),
+            queue_time: Histogram::new(LATENCY_BUCKETS),
+            connections_refused: AtomicU64::new(0),
         }
     }
 }
@@ -79,6 +86,7 @@ pub struct Gauges<'a> {
     pub queued: usize,
     pub running: usize,
     pub loaded: bool,
+    pub connections: usize,
 }
 
 impl Metrics {
@@ -112,15 +120,24 @@ impl Metrics {
             "Tokens generated (every choice).",
             self.generated_tokens.load(Ordering::Relaxed).to_string(),
         );
-        metric("gpt2c_queue_depth", "gauge", "Prompts accepted and waiting for their prefill.", g.queued.to_string());
+        metric(
+            "gpt2c_queue_depth",
+            "gauge",
+            "Prompts accepted and waiting for rows in the batch.",
+            g.queued.to_string(),
+        );
         metric("gpt2c_requests_running", "gauge", "Requests being served.", g.running.to_string());
+        metric("gpt2c_connections_open", "gauge", "Open HTTP connections.", g.connections.to_string());
+        metric(
+            "gpt2c_connections_refused_total",
+            "counter",
+            "Connections refused past --max-connections.",
+            self.connections_refused.load(Ordering::Relaxed).to_string(),
+        );
         type Read = fn(&Stats) -> u64;
-        let scheduler: [(&str, &str, &str, Read); 8] = [
+        let scheduler: [(&str, &str, &str, Read); 7] = [
             ("gpt2c_batch_rows", "gauge", "Rows in the running decode batch.", |s| {
                 s.batch_rows.load(Ordering::Relaxed) as u64
-            }),
-            ("gpt2c_requests_waiting_for_rows", "gauge", "Prompts the scheduler holds until rows free up.", |s| {
-                s.waiting.load(Ordering::Relaxed) as u64
             }),
             ("gpt2c_decode_steps_total", "counter", "Batched decode steps run.", |s| {
                 s.decode_steps.load(Ordering::Relaxed)
@@ -167,6 +184,11 @@ impl Metrics {
             "Between consecutive tokens of one choice.",
         );
         self.request_duration.render(&mut out, "gpt2c_request_duration_seconds", "From arrival to the last token.");
+        self.queue_time.render(
+            &mut out,
+            "gpt2c_queue_time_seconds",
+            "From a request's arrival to its prompt's admission to the batch.",
+        );
         out
     }
 }

@@ -2,8 +2,9 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use gpt2c_runtime::batch::Batcher;
 use gpt2c_runtime::generate::ModelLimits;
@@ -11,7 +12,10 @@ use gpt2c_runtime::text::BackendChoice;
 use gpt2c_runtime::{RunnerOptions, TextTokenizer};
 use serde_json::{Map, Value};
 
+use crate::guard::Access;
+use crate::inflight::InFlight;
 use crate::metrics::Metrics;
+use crate::queue::Queue;
 
 /// `gpt2c serve`'s settings.
 #[derive(Clone, Debug)]
@@ -32,6 +36,19 @@ pub struct ServeOptions {
     pub prefill_chunk: usize,
     pub request_timeout_s: f64,
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers, and then its body.
+    pub header_timeout_s: f64,
+    /// Seconds a response may make no progress on the socket (a client that stopped reading)
+    /// before its request is cancelled and the connection closed.
+    pub write_timeout_s: f64,
+    /// Open connections at most; past that, new ones are answered 503 and closed.
+    pub max_connections: usize,
+    /// Seconds requests in flight get to finish after SIGTERM (default: the request timeout).
+    pub shutdown_grace_s: Option<f64>,
+    /// Who may call, and from where.
+    pub access: Access,
+    /// Serve a non-loopback address without an API key, on purpose.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ServeOptions {
@@ -49,7 +66,32 @@ impl Default for ServeOptions {
             prefill_chunk: 256,
             request_timeout_s: 120.0,
             max_body_bytes: 1 << 20,
+            header_timeout_s: 10.0,
+            write_timeout_s: 30.0,
+            max_connections: 1024,
+            shutdown_grace_s: None,
+            access: Access::default(),
+            allow_unauthenticated: false,
         }
+    }
+}
+
+impl ServeOptions {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.header_timeout_s).unwrap_or(Duration::MAX)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.write_timeout_s).unwrap_or(Duration::MAX)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.request_timeout_s).unwrap_or(Duration::MAX)
+    }
+
+    /// How long SIGTERM waits for requests in flight.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::try_from_secs_f64(self.shutdown_grace_s.unwrap_or(self.request_timeout_s)).unwrap_or(Duration::MAX)
     }
 }
 
@@ -67,14 +109,20 @@ pub struct Loaded {
 pub struct Shared {
     pub options: ServeOptions,
     pub model_name: String,
-    pub loaded: OnceLock<std::sync::Arc<Loaded>>,
+    pub loaded: OnceLock<Arc<Loaded>>,
     pub metrics: Metrics,
-    /// Prompts accepted whose prefill has not returned.
-    pub queued: AtomicUsize,
-    /// Completion requests being served.
-    pub running: AtomicUsize,
+    /// Prompts waiting for rows, and the rows themselves.
+    pub queue: Queue,
+    /// Bodies being parsed and tokenized at once (on the blocking pool).
+    pub parsers: tokio::sync::Semaphore,
+    /// Completion requests being served, each with the flag that stops it.
+    pub in_flight: InFlight,
     /// Set on SIGTERM: new requests get 503 while the others finish.
     pub draining: AtomicBool,
+    /// Set once the grace period is over: what is still running is stopped with an error.
+    pub closing: AtomicBool,
+    /// Open connections.
+    pub connections: AtomicUsize,
     /// Unix seconds the server started (`created` of `/v1/models`).
     pub started: u64,
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use gpt2c_runtime::backend::LogitsScope;
-use gpt2c_serve::ServeOptions;
+use gpt2c_serve::{Access, ServeOptions};
 
 use super::run_args::RunArgs;
 
@@ -27,8 +27,20 @@ use super::run_args::RunArgs;
 /// 16 as in OpenAI's API.
 ///
 /// The server is stateless apart from its caches: run replicas behind any load balancer, with
-/// /health as the readiness probe. SIGTERM (or Ctrl-C) stops accepting (503), finishes the
-/// requests in flight and queued, then exits 0.
+/// /health as the readiness probe. SIGTERM (or Ctrl-C) answers new requests with 503, gives the
+/// requests in flight --shutdown-grace-s to finish, ends the rest with an error, and exits 0
+/// within a second of the grace period's end, whatever the clients do.
+///
+/// Security: with --api-key (or --api-key-file, or GPT2C_API_KEY) every route but /health asks
+/// for `Authorization: Bearer KEY` (401 otherwise; /metrics too unless --metrics-public). A
+/// non-loopback --host without a key is refused unless --allow-unauthenticated says so. POST
+/// bodies must be `Content-Type: application/json` (415), so a web page cannot post to the
+/// server as a form; CORS is off unless --cors-allow-origin; on a loopback address only
+/// loopback `Host` names are answered (403 otherwise: DNS rebinding), see --allowed-host. Cached
+/// prompt prefixes are shared only between requests of the same key (and `cache_salt`).
+///
+/// Every request is logged once, when it ends, on stderr (--log-format; RUST_LOG filters, e.g.
+/// RUST_LOG=gpt2c=debug also logs probes and scrapes), with its x-request-id.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  \
     gpt2c serve out/gpt2 --port 8000\n  \
@@ -38,7 +50,8 @@ pub struct ServeArgs {
     /// Export folder written by `gpt2c export` (model.onnx, config.json, tokenizer.json, ...).
     pub model: PathBuf,
 
-    /// Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+    /// Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface, which
+    /// needs --api-key or --allow-unauthenticated).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
 
@@ -73,12 +86,111 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 120.0)]
     pub request_timeout_s: f64,
 
-    /// Largest request body, in KiB (larger ones get 413).
+    /// Largest request body, in KiB (larger ones get 413, before any of the body is read when
+    /// Content-Length announces it).
     #[arg(long, default_value_t = 1024)]
     pub max_body_kib: usize,
+
+    /// Seconds a client has to send a request's headers, and then again its body (408); also how
+    /// long an idle keep-alive connection stays open.
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
+    pub header_timeout_s: f64,
+
+    /// Seconds a response may make no progress on the socket (a client that stopped reading a
+    /// stream) before the request is cancelled, its rows freed and the connection closed.
+    #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
+    pub write_timeout_s: f64,
+
+    /// Open connections at most; past that, new ones get 503 and are closed at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Seconds requests in flight get to finish after SIGTERM before they end with an error
+    /// (default: --request-timeout-s).
+    #[arg(long, allow_negative_numbers = true)]
+    pub shutdown_grace_s: Option<f64>,
+
+    /// An API key clients must give as `Authorization: Bearer KEY` (repeatable).
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<String>,
+
+    /// A file of API keys, one a line (blank lines and lines starting with # are skipped).
+    /// GPT2C_API_KEY adds one more.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Serve /metrics without a key.
+    #[arg(long)]
+    pub metrics_public: bool,
+
+    /// Listen on a non-loopback --host without an API key: anyone who reaches it may use it.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+
+    /// An origin whose web pages may call the server (repeatable; `*` for any). Without it,
+    /// CORS is off and browsers keep other origins' pages out.
+    #[arg(long = "cors-allow-origin", value_name = "ORIGIN")]
+    pub cors_allow_origins: Vec<String>,
+
+    /// A `Host` name the server answers to (repeatable; any port); others get 403. Default: the
+    /// loopback names (localhost, 127.0.0.1, ::1) on a loopback --host, any name otherwise.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+
+    /// The request log's format on stderr: text or json (one object a line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The keys of --api-key, --api-key-file and GPT2C_API_KEY.
+fn api_keys(args: &ServeArgs) -> anyhow::Result<Vec<String>> {
+    let mut keys = args.api_keys.clone();
+    if let Some(path) = &args.api_key_file {
+        let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("--api-key-file {}: {e}", path.display()))?;
+        anyhow::ensure!(
+            meta.is_file() && meta.len() <= 1 << 20,
+            "--api-key-file {}: expected a text file of at most 1 MiB, one key a line",
+            path.display()
+        );
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("--api-key-file {}: {e} (expected UTF-8 text, one key a line)", path.display())
+        })?;
+        keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+        anyhow::ensure!(keys.len() > args.api_keys.len(), "--api-key-file {}: holds no key", path.display());
+    }
+    if let Ok(key) = std::env::var("GPT2C_API_KEY") {
+        let key = key.trim();
+        anyhow::ensure!(!key.is_empty(), "GPT2C_API_KEY is set but empty");
+        keys.push(key.to_string());
+    }
+    Ok(keys)
+}
+
+/// The request log on stderr: one line per request, filtered by RUST_LOG (default: info).
+fn init_log(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let access = Access {
+        api_keys: api_keys(&args)?,
+        metrics_public: args.metrics_public,
+        cors_allow_origins: args.cors_allow_origins.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
+    };
+    init_log(args.log_format);
     let options = ServeOptions {
         dir: args.model,
         host: args.host,
@@ -92,6 +204,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         prefill_chunk: args.prefill_chunk,
         request_timeout_s: args.request_timeout_s,
         max_body_bytes: args.max_body_kib.saturating_mul(1024),
+        header_timeout_s: args.header_timeout_s,
+        write_timeout_s: args.write_timeout_s,
+        max_connections: args.max_connections,
+        shutdown_grace_s: args.shutdown_grace_s,
+        access,
+        allow_unauthenticated: args.allow_unauthenticated,
     };
     gpt2c_serve::run(options, |line| {
         // Tests and scripts read the address from the first line.

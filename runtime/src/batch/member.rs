@@ -3,7 +3,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{Interrupt, Msg, Reply, Step};
+use super::{Interrupt, MemberTag, Msg, Reply, Step};
 use crate::backend::RuntimeError;
 use crate::session::{AllLogits, DecoderSession, Logits, StepInput};
 
@@ -17,6 +17,7 @@ pub struct Member {
     tx: mpsc::Sender<Msg>,
     interrupt: Interrupt,
     max_rows: usize,
+    tag: MemberTag,
     rows: usize,
     past: usize,
 }
@@ -30,8 +31,8 @@ fn stopped() -> RuntimeError {
 }
 
 impl Member {
-    pub(super) fn new(id: u64, tx: mpsc::Sender<Msg>, interrupt: Interrupt, max_rows: usize) -> Member {
-        Member { id, tx, interrupt, max_rows, rows: 0, past: 0 }
+    pub(super) fn new(id: u64, tx: mpsc::Sender<Msg>, interrupt: Interrupt, max_rows: usize, tag: MemberTag) -> Member {
+        Member { id, tx, interrupt, max_rows, tag, rows: 0, past: 0 }
     }
 
     fn check(&self, step: &StepInput<'_>) -> Result<(), RuntimeError> {
@@ -76,6 +77,7 @@ impl DecoderSession for Member {
         self.check(step)?;
         let (reply, answer) = mpsc::channel::<Reply>();
         let owned = Step {
+            tag: self.tag.clone(),
             rows: step.rows,
             seq: step.seq,
             input_ids: step.input_ids.to_vec(),

@@ -105,8 +105,19 @@ impl Interrupt {
     }
 }
 
+/// What a member brings besides its passes: which prefix-cache partition it reads and fills,
+/// and where the scheduler reports the most rows it decoded beside.
+#[derive(Clone, Debug, Default)]
+pub struct MemberTag {
+    /// Prompts reuse cached prefixes only of their own partition (a server's API key, a salt).
+    pub partition: u64,
+    /// The most rows (its own included) in any decode step it took part in.
+    pub peak_rows: Arc<AtomicUsize>,
+}
+
 /// One forward pass a member asks for, with its inputs owned.
 struct Step {
+    tag: MemberTag,
     rows: usize,
     seq: usize,
     input_ids: Vec<i64>,
@@ -178,8 +189,13 @@ impl Batcher {
 
     /// A new session whose passes run in the shared batch.
     pub fn member(&self, interrupt: Interrupt) -> Member {
+        self.member_with(interrupt, MemberTag::default())
+    }
+
+    /// A new session with its prefix-cache partition and its company report.
+    pub fn member_with(&self, interrupt: Interrupt, tag: MemberTag) -> Member {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Member::new(id, self.tx.clone(), interrupt, self.max_rows)
+        Member::new(id, self.tx.clone(), interrupt, self.max_rows, tag)
     }
 
     pub fn stats(&self) -> &Stats {

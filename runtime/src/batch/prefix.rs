@@ -9,6 +9,8 @@
 use crate::tensor::{HostData, HostTensor};
 
 struct Entry {
+    /// Entries serve prompts of their own partition only.
+    partition: u64,
     tokens: Vec<u32>,
     /// One row per tensor, `[1, heads, tokens.len(), head_dim]`.
     cache: Vec<HostTensor>,
@@ -58,12 +60,13 @@ impl PrefixCache {
 
     /// The cache of the longest known prefix of `tokens`, leaving at least one token to compute
     /// (the pass that yields the next token's logits); `None` when nothing is shared.
-    pub fn lookup(&mut self, tokens: &[u32]) -> Option<(usize, Vec<HostTensor>)> {
+    pub fn lookup(&mut self, partition: u64, tokens: &[u32]) -> Option<(usize, Vec<HostTensor>)> {
         let limit = tokens.len().saturating_sub(1);
         let (best, len) = self
             .entries
             .iter()
             .enumerate()
+            .filter(|(_, e)| e.partition == partition)
             .map(|(i, e)| (i, common_prefix(&e.tokens, tokens).min(limit)))
             .max_by_key(|&(i, len)| (len, std::cmp::Reverse(i)))?;
         if len == 0 {
@@ -76,24 +79,24 @@ impl PrefixCache {
     }
 
     /// Whether an entry already holds every position of `tokens`.
-    pub fn covers(&self, tokens: &[u32]) -> bool {
-        self.entries.iter().any(|e| e.tokens.starts_with(tokens))
+    pub fn covers(&self, partition: u64, tokens: &[u32]) -> bool {
+        self.entries.iter().any(|e| e.partition == partition && e.tokens.starts_with(tokens))
     }
 
     /// Keeps the cache of `tokens` (`[1, heads, tokens.len(), head_dim]` per tensor), dropping
     /// entries it covers, then the least recently used ones past the budget.
-    pub fn insert(&mut self, tokens: &[u32], cache: Vec<HostTensor>, bytes: u64) {
+    pub fn insert(&mut self, partition: u64, tokens: &[u32], cache: Vec<HostTensor>, bytes: u64) {
         if bytes > self.budget || tokens.is_empty() {
             return;
         }
         self.clock += 1;
-        if let Some(e) = self.entries.iter_mut().find(|e| e.tokens.starts_with(tokens)) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.partition == partition && e.tokens.starts_with(tokens)) {
             // Already covered by a longer entry.
             e.used = self.clock;
             return;
         }
         let before = self.entries.len();
-        self.entries.retain(|e| !tokens.starts_with(&e.tokens));
+        self.entries.retain(|e| e.partition != partition || !tokens.starts_with(&e.tokens));
         if self.entries.len() != before {
             self.bytes = self.entries.iter().map(|e| e.bytes).sum();
         }
@@ -104,7 +107,7 @@ impl PrefixCache {
             self.bytes -= self.entries.swap_remove(oldest).bytes;
         }
         self.bytes += bytes;
-        self.entries.push(Entry { tokens: tokens.to_vec(), cache, bytes, used: self.clock });
+        self.entries.push(Entry { partition, tokens: tokens.to_vec(), cache, bytes, used: self.clock });
     }
 }
 
@@ -121,34 +124,47 @@ mod tests {
     #[test]
     fn longest_prefix_wins_and_one_token_is_left() {
         let mut c = PrefixCache::new(1000);
-        c.insert(&[1, 2, 3, 4], cache(4), 40);
-        c.insert(&[1, 2, 9], cache(3), 30);
-        let (len, hit) = c.lookup(&[1, 2, 3, 7, 8]).unwrap();
+        c.insert(0, &[1, 2, 3, 4], cache(4), 40);
+        c.insert(0, &[1, 2, 9], cache(3), 30);
+        let (len, hit) = c.lookup(0, &[1, 2, 3, 7, 8]).unwrap();
         assert_eq!(len, 3);
         assert_eq!(hit[0].shape, vec![1, 2, 3, 1]);
         assert_eq!(hit[0].as_f32().unwrap(), &[0.0, 1.0, 2.0, 0.0, 1.0, 2.0]);
         // The whole prompt is cached: the last token is still computed.
-        assert_eq!(c.lookup(&[1, 2, 3, 4]).unwrap().0, 3);
-        assert!(c.lookup(&[5, 1, 2]).is_none());
-        assert!(c.lookup(&[1]).is_none());
+        assert_eq!(c.lookup(0, &[1, 2, 3, 4]).unwrap().0, 3);
+        assert!(c.lookup(0, &[5, 1, 2]).is_none());
+        assert!(c.lookup(0, &[1]).is_none());
     }
 
     #[test]
     fn covered_entries_merge_and_the_budget_evicts_the_least_recent() {
         let mut c = PrefixCache::new(100);
-        c.insert(&[1, 2], cache(2), 20);
-        c.insert(&[1, 2, 3], cache(3), 30);
+        c.insert(0, &[1, 2], cache(2), 20);
+        c.insert(0, &[1, 2, 3], cache(3), 30);
         assert_eq!((c.entries.len(), c.bytes()), (1, 30));
-        c.insert(&[1, 2], cache(2), 20);
+        c.insert(0, &[1, 2], cache(2), 20);
         assert_eq!((c.entries.len(), c.bytes()), (1, 30));
-        c.insert(&[7, 8, 9, 10], cache(4), 40);
-        c.lookup(&[1, 2, 3, 4]);
-        c.insert(&[5, 6, 7, 8], cache(4), 40);
+        c.insert(0, &[7, 8, 9, 10], cache(4), 40);
+        c.lookup(0, &[1, 2, 3, 4]);
+        c.insert(0, &[5, 6, 7, 8], cache(4), 40);
         // [7, 8, 9, 10] was used least recently.
         assert_eq!(c.bytes(), 70);
-        assert!(c.lookup(&[7, 8, 9, 10, 11]).is_none());
-        assert_eq!(c.lookup(&[1, 2, 3, 4]).unwrap().0, 3);
-        c.insert(&[4; 20], cache(20), 200);
+        assert!(c.lookup(0, &[7, 8, 9, 10, 11]).is_none());
+        assert_eq!(c.lookup(0, &[1, 2, 3, 4]).unwrap().0, 3);
+        c.insert(0, &[4; 20], cache(20), 200);
         assert_eq!(c.bytes(), 70, "an entry past the whole budget is not kept");
+    }
+
+    #[test]
+    fn a_partition_sees_only_its_own_entries() {
+        let mut c = PrefixCache::new(1000);
+        c.insert(1, &[1, 2, 3, 4], cache(4), 40);
+        assert!(c.lookup(2, &[1, 2, 3, 4, 5]).is_none(), "another partition's prefix is not reused");
+        assert!(!c.covers(2, &[1, 2, 3]));
+        // The same tokens in another partition are an entry of their own, not merged.
+        c.insert(2, &[1, 2, 3], cache(3), 30);
+        assert_eq!(c.bytes(), 70);
+        assert_eq!(c.lookup(1, &[1, 2, 3, 4, 5]).unwrap().0, 4);
+        assert_eq!(c.lookup(2, &[1, 2, 3, 4, 5]).unwrap().0, 3);
     }
 }

@@ -301,7 +301,7 @@ impl<E: Engine> Scheduler<E> {
             let empty = (0..2 * self.shape.n_layer).map(|_| self.engine.empty(&shape)).collect::<Result<_, _>>()?;
             let mut start = CachePart { cache: empty, rows: u, width: 0 };
             if cacheable {
-                match self.prefix.lookup(&prompt_tokens(unique[0])) {
+                match self.prefix.lookup(step.tag.partition, &prompt_tokens(unique[0])) {
                     Some((len, tensors)) => {
                         let restored = self.engine.copy_in(&tensors)?;
                         self.engine.release(std::mem::replace(&mut start.cache, restored));
@@ -369,10 +369,11 @@ impl<E: Engine> Scheduler<E> {
         let part = cache.take().ok_or_else(|| input("batch", "no cache".into()))?;
         let map = std::mem::take(map);
         let rows = map.len();
-        if cacheable && !self.prefix.covers(&prompt_tokens(unique[0])) {
+        let partition = step.tag.partition;
+        if cacheable && !self.prefix.covers(partition, &prompt_tokens(unique[0])) {
             let host = self.engine.copy_out(&part.cache, u, seq)?;
             let bytes = self.options.cache_bytes_per_position.saturating_mul(seq as u64);
-            self.prefix.insert(&prompt_tokens(unique[0]), host, bytes);
+            self.prefix.insert(partition, &prompt_tokens(unique[0]), host, bytes);
         }
         member.phase = Phase::Ready { part, map };
         member.past = seq;
@@ -526,6 +527,12 @@ impl<E: Engine> Scheduler<E> {
         };
         self.batch = Some(CachePart { cache: presents, rows, width: total });
         self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+        let live: usize = participants.iter().filter_map(|id| self.members.get(id)).map(Member::rows).sum();
+        for id in participants {
+            if let Some((step, _)) = self.members.get(id).and_then(|m| m.pending.as_ref()) {
+                step.tag.peak_rows.fetch_max(live, Ordering::Relaxed);
+            }
+        }
         let vocab = logits.vocab;
         if logits.rows != rows || logits.positions == 0 || logits.data.len() != rows * logits.positions * vocab {
             return Err(input("logits", format!("[{}, {}, {vocab}] for {rows} rows", logits.rows, logits.positions)));
