@@ -456,7 +456,10 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((_tmp, dir)) = export() else { return };
     let mut server = Server::start(&dir, "tract", &["--threads", "1"]);
-    let mut stream = server.open_stream(&long_stream());
+    // Sixteen greedy prompts of the whole context: still running for seconds after SIGTERM.
+    let sixteen = json!({"model": "tiny-trained", "prompt": vec!["Once"; 16], "max_tokens": 500,
+                         "min_new_tokens": 500, "temperature": 0, "stream": true});
+    let mut stream = server.open_stream(&sixteen);
     assert!(next_event(&mut stream).is_some());
     // The shell's own `kill`: nothing beyond sh needs to be installed.
     let kill = Command::new("sh").args(["-c", &format!("kill -TERM {}", server.child.id())]).status().unwrap();

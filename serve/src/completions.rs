@@ -35,7 +35,7 @@ pub async fn route(
     Extension(record): Extension<Arc<Record>>,
     request: Request,
 ) -> Response {
-    let entry = Entry::new(&shared);
+    let entry = shared.in_flight.enter(shared.closing.load(Ordering::SeqCst));
     match completion(shared, caller, record.clone(), request, entry).await {
         Ok(response) => response,
         Err(e) => {
@@ -241,8 +241,8 @@ async fn stream(
     if c.include_usage {
         let _ = send(response::usage_chunk(&stamp, model, c.prompt_tokens(), completion_tokens)).await;
     }
-    let _ = send(response::done_event()).await;
     record.finish(200, "ok");
+    let _ = send(response::done_event()).await;
     drop(entry);
 }
 

@@ -18,22 +18,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
 use crate::record::{Record, RequestId};
-use crate::state::Shared;
+use crate::state::{Access, Shared};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Who may call, and from where.
-#[derive(Clone, Debug, Default)]
-pub struct Access {
-    /// Accepted API keys; empty: no key is asked for.
-    pub api_keys: Vec<String>,
-    /// `/metrics` without a key.
-    pub metrics_public: bool,
-    /// Origins whose pages may call (`*`: any); empty: CORS off.
-    pub cors_allow_origins: Vec<String>,
-    /// `Host` names accepted (any port); empty: any.
-    pub allowed_hosts: Vec<String>,
-}
 
 /// The names a server on a loopback address answers to by default.
 pub const LOOPBACK_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
@@ -194,7 +181,8 @@ pub async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next
     let path = request.uri().path().to_string();
     let counted = path == "/v1/completions";
     let quiet = path == "/health" || path == "/metrics";
-    let record = Arc::new(Record::new(shared.clone(), id.clone(), request.method().as_str(), &path, counted, quiet));
+    let record =
+        Arc::new(Record::new(shared.metrics.clone(), id.clone(), request.method().as_str(), &path, counted, quiet));
     let mut response = match check(&shared, &request) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);

@@ -5,17 +5,19 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+type Flags = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
+
 #[derive(Default)]
 pub struct InFlight {
     next: AtomicU64,
-    flags: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    flags: Flags,
 }
 
 /// A request in the set until dropped; its flag stops its rows.
 pub struct Entry {
     id: u64,
     pub cancel: Arc<AtomicBool>,
-    shared: Arc<crate::state::Shared>,
+    flags: Flags,
 }
 
 impl InFlight {
@@ -35,17 +37,15 @@ impl InFlight {
             }
         }
     }
-}
 
-impl Entry {
-    pub fn new(shared: &Arc<crate::state::Shared>) -> Entry {
-        let set = &shared.in_flight;
-        let id = set.next.fetch_add(1, Ordering::Relaxed);
-        let cancel = Arc::new(AtomicBool::new(shared.closing.load(Ordering::SeqCst)));
-        if let Ok(mut flags) = set.flags.lock() {
+    /// Adds a request; `stopped` when the server is already stopping what runs.
+    pub fn enter(&self, stopped: bool) -> Entry {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(stopped));
+        if let Ok(mut flags) = self.flags.lock() {
             flags.insert(id, cancel.clone());
         }
-        Entry { id, cancel, shared: shared.clone() }
+        Entry { id, cancel, flags: self.flags.clone() }
     }
 }
 
@@ -53,7 +53,7 @@ impl Drop for Entry {
     fn drop(&mut self) {
         // Stops the rows of a request whose handler or stream went away, then leaves the set.
         self.cancel.store(true, Ordering::SeqCst);
-        if let Ok(mut flags) = self.shared.in_flight.flags.lock() {
+        if let Ok(mut flags) = self.flags.lock() {
             flags.remove(&self.id);
         }
     }

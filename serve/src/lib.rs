@@ -44,9 +44,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use error::ApiError;
-pub use guard::Access;
 use http::Phase;
-pub use state::ServeOptions;
+pub use state::{Access, ServeOptions};
 use state::{Loaded, Shared};
 
 /// Why the server could not start or stopped with an error.
@@ -160,7 +159,7 @@ fn backend_kind(choice: BackendChoice) -> BackendKind {
 
 /// The options as the server runs them: a loopback server answers only to loopback names unless
 /// told otherwise; a server reachable from other machines needs a key or a word that it does not.
-fn settle(mut o: ServeOptions, on_event: &dyn Fn(&str)) -> Result<ServeOptions, ServeError> {
+fn settle(mut o: ServeOptions) -> Result<ServeOptions, ServeError> {
     let a = &mut o.access;
     if o.host.is_loopback() && a.allowed_hosts.is_empty() {
         a.allowed_hosts = guard::LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
@@ -176,7 +175,12 @@ fn settle(mut o: ServeOptions, on_event: &dyn Fn(&str)) -> Result<ServeOptions, 
                 ),
             ));
         }
-        on_event(&format!("warning: serving on {} without an API key: anyone who can reach it can use it", o.host));
+        // On stderr, beside the request log: said once, at start.
+        tracing::warn!(
+            target: "gpt2c::serve",
+            "serving on {} without an API key (--allow-unauthenticated): anyone who can reach it can use it",
+            o.host
+        );
     }
     Ok(o)
 }
@@ -187,7 +191,7 @@ pub fn run(options: ServeOptions, on_event: impl Fn(&str) + Send + Sync + 'stati
     let model = ExportedModel::open(&options.dir)?;
     model.check_generates()?;
     validate(&options, &model)?;
-    let options = settle(options, &on_event)?;
+    let options = settle(options)?;
     let tokenizer = model.tokenizer()?;
     let name = options.model_name.clone().unwrap_or_else(|| {
         let dir = std::fs::canonicalize(&options.dir).unwrap_or_else(|_| options.dir.clone());

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::state::Shared;
+use crate::metrics::Metrics;
 
 /// The request's id (`x-request-id`), shared by its log line, its response header and its record.
 #[derive(Clone, Debug)]
@@ -24,7 +24,7 @@ struct Outcome {
 }
 
 pub struct Record {
-    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     pub id: RequestId,
     method: String,
     path: String,
@@ -45,9 +45,9 @@ pub struct Record {
 const CLIENT_LEFT: u16 = 499;
 
 impl Record {
-    pub fn new(shared: Arc<Shared>, id: RequestId, method: &str, path: &str, counted: bool, quiet: bool) -> Record {
+    pub fn new(metrics: Arc<Metrics>, id: RequestId, method: &str, path: &str, counted: bool, quiet: bool) -> Record {
         Record {
-            shared,
+            metrics,
             id,
             method: method.to_string(),
             path: path.chars().take(256).collect(),
@@ -68,14 +68,29 @@ impl Record {
         }
     }
 
-    /// The request ended with `status` under `outcome` (the first call wins).
+    /// The request ended with `status` under `outcome` (the first call wins), counted now: before
+    /// its client has the answer in hand.
     pub fn finish(&self, status: u16, outcome: &'static str) {
+        let mut first = false;
         self.with(|o| {
             if o.outcome.is_none() {
                 o.status = Some(status);
                 o.outcome = Some(outcome);
+                first = true;
             }
         });
+        if first {
+            self.count(outcome);
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        if self.counted {
+            self.metrics.count(outcome);
+            if outcome == "ok" {
+                self.metrics.request_duration.observe(self.arrived.elapsed());
+            }
+        }
     }
 
     /// The response's status, before the request has ended (a stream's 200).
@@ -93,7 +108,7 @@ impl Record {
 
     /// A prompt was admitted to the batch after `waited`; the request's queue time is its first.
     pub fn admitted(&self, waited: Duration) {
-        self.shared.metrics.queue_time.observe(waited);
+        self.metrics.queue_time.observe(waited);
         self.with(|o| o.queue = o.queue.or(Some(waited)));
     }
 
@@ -102,7 +117,7 @@ impl Record {
         let since = u64::try_from(self.arrived.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1);
         let first = self.first_token_nanos.compare_exchange(0, since, Ordering::Relaxed, Ordering::Relaxed).is_ok();
         if first {
-            self.shared.metrics.time_to_first_token.observe(Duration::from_nanos(since));
+            self.metrics.time_to_first_token.observe(Duration::from_nanos(since));
             self.with(|o| o.first_token = Some(Duration::from_nanos(since)));
         }
         first
@@ -119,11 +134,9 @@ impl Drop for Record {
         let outcome = o.outcome.unwrap_or("cancelled");
         let status = if o.outcome.is_some() { o.status.unwrap_or(200) } else { CLIENT_LEFT };
         let total = self.arrived.elapsed();
-        if self.counted {
-            self.shared.metrics.count(outcome);
-            if outcome == "ok" {
-                self.shared.metrics.request_duration.observe(total);
-            }
+        if o.outcome.is_none() {
+            // Nobody finished it: its client left first.
+            self.count(outcome);
         }
         let peak = self.peak_rows.load(Ordering::Relaxed);
         macro_rules! line {

@@ -12,10 +12,22 @@ use gpt2c_runtime::text::BackendChoice;
 use gpt2c_runtime::{RunnerOptions, TextTokenizer};
 use serde_json::{Map, Value};
 
-use crate::guard::Access;
 use crate::inflight::InFlight;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+
+/// Who may call, and from where.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Accepted API keys; empty: no key is asked for.
+    pub api_keys: Vec<String>,
+    /// `/metrics` without a key.
+    pub metrics_public: bool,
+    /// Origins whose pages may call (`*`: any); empty: CORS off.
+    pub cors_allow_origins: Vec<String>,
+    /// `Host` names accepted (any port); empty: any.
+    pub allowed_hosts: Vec<String>,
+}
 
 /// `gpt2c serve`'s settings.
 #[derive(Clone, Debug)]
@@ -110,7 +122,7 @@ pub struct Shared {
     pub options: ServeOptions,
     pub model_name: String,
     pub loaded: OnceLock<Arc<Loaded>>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Prompts waiting for rows, and the rows themselves.
     pub queue: Queue,
     /// Bodies being parsed and tokenized at once (on the blocking pool).

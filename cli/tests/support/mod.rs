@@ -201,8 +201,10 @@ impl Client {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body.as_bytes()).unwrap();
+        if let Err(e) = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body.as_bytes())) {
+            // The server answered early and closed (401, 413, ...): what it said, if anything.
+            eprintln!("{method} {path}: the request could not be sent whole: {e}");
+        }
         read_response(s)
     }
 
