@@ -13,6 +13,8 @@
 - generate_settings: the generate() keyword arguments of every case in models/generation/*.json and
   the settings that once crashed the driver (beam sampling with few candidates, huge counts),
   each over a 40-token vocabulary with spread logits, ties and a NaN.
+- completion_request: only the committed seeds (request bodies for every field the server's parser
+  knows, valid and invalid).
 
 Usage: python3 fuzz/seed.py    (from anywhere; uses only the standard library)
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fuzz"
 CORPUS = FUZZ / "corpus"
-TARGETS = ["safetensors_header", "config_json", "onnx_model", "torch_pickle", "generate_settings"]
+TARGETS = ["safetensors_header", "config_json", "onnx_model", "torch_pickle", "generate_settings", "completion_request"]
 DTYPE_SIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
 
 # A GPT-2 small enough that its exports are ~10 KB.
@@ -173,7 +175,8 @@ def main() -> None:
         "torch_pickle": pickle_seeds(CORPUS / "torch_pickle"),
         "generate_settings": generate_seeds(CORPUS / "generate_settings"),
     }
-    for target, n in counts.items():
+    for target in TARGETS:
+        n = counts.get(target, 0)
         print(f"{target}: {n} seeds from the repository, {len(list((CORPUS / target).iterdir()))} files in corpus/{target}")
 
 

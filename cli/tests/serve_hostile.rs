@@ -41,22 +41,29 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Reads until the peer closes (or errors); how long that took.
-fn until_closed(mut s: TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
-    let start = Instant::now();
+/// Reads until the peer closes, errs, or says nothing for `limit`: what came, and whether the
+/// read timed out.
+fn read_for(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     s.set_read_timeout(Some(limit)).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return (got, false),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                panic!("the server kept the connection open past {limit:?}")
+                return (got, true);
             }
-            Err(_) => break,
+            Err(_) => return (got, false),
         }
     }
+}
+
+/// Reads until the peer closes (or errors); how long that took.
+fn until_closed(mut s: TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let (got, timed_out) = read_for(&mut s, limit);
+    assert!(!timed_out, "the server kept the connection open past {limit:?}");
     (got, start.elapsed())
 }
 
@@ -237,16 +244,7 @@ fn connections_past_the_cap_are_refused_at_once() {
 /// connection's status and body, or `None` when the server waits for a request.
 fn refused_at_once(addr: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) => break,
-        }
-    }
+    let (got, _) = read_for(&mut s, Duration::from_millis(500));
     if got.is_empty() {
         return None;
     }

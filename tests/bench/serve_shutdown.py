@@ -128,24 +128,26 @@ def sixteen(stream=True):
             "min_new_tokens": 500, "temperature": 0, "stream": stream}
 
 
-def case_stalled_reader(args, flags):
+def case_stream(args, flags, rcvbuf=None, label="stream"):
+    """A 16-prompt stream in flight; with `rcvbuf`, its client reads nothing at all."""
     proc, port = start(args.gpt2c, args.export, args.backend, flags + ["--max-batch-rows", "16"])
-    s = stream_socket(port, sixteen(), rcvbuf=4096)
-    time.sleep(0.5)
-    code, took = terminate_and_time(proc)
-    text = read_all(s, 5)
-    ended = "error event + [DONE]" if '"error"' in text and "[DONE]" in text else "cut off"
-    return code, took, f"stream reader: {ended}"
-
-
-def case_long_stream(args, flags):
-    proc, port = start(args.gpt2c, args.export, args.backend, flags + ["--max-batch-rows", "16"])
-    s = stream_socket(port, sixteen())
-    s.recv(4096)
+    s = stream_socket(port, sixteen(), rcvbuf=rcvbuf)
+    if rcvbuf:
+        time.sleep(0.5)
+    else:
+        s.recv(4096)
     code, took = terminate_and_time(proc)
     text = read_all(s, 10)
     ended = "error event + [DONE]" if '"error"' in text and "[DONE]" in text else "cut off"
-    return code, took, f"stream: {ended}"
+    return code, took, f"{label}: {ended}"
+
+
+def case_stalled_reader(args, flags):
+    return case_stream(args, flags, rcvbuf=4096, label="stream reader")
+
+
+def case_long_stream(args, flags):
+    return case_stream(args, flags)
 
 
 def case_idle(args, flags):
