@@ -64,13 +64,8 @@ fuzz_target!(|body: &[u8]| {
         Some(b) if b % 2 == 0 => &f.gpt2_defaults,
         _ => &f.no_defaults,
     };
-    let ctx = Context {
-        model_name: MODEL_NAME,
-        defaults,
-        tokenizer: &f.tokenizer,
-        limits: f.limits,
-        max_rows: MAX_ROWS,
-    };
+    let ctx =
+        Context { model_name: MODEL_NAME, defaults, tokenizer: &f.tokenizer, limits: f.limits, max_rows: MAX_ROWS };
     let (vocab, context) = (f.limits.vocab_size, f.limits.n_positions);
     let body_text = String::from_utf8_lossy(body);
     match validation::parse(body, &ctx) {

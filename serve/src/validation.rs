@@ -261,6 +261,10 @@ fn deserialize(body: &[u8]) -> Result<Body, ApiError> {
 pub fn parse(body: &[u8], ctx: &Context<'_>) -> Result<Completion, ApiError> {
     let b = deserialize(body)?;
     for key in b.rest.keys() {
+        if key.is_empty() {
+            // A field the error could not name (found by fuzzing: `{"":0}`).
+            return Err(ApiError::bad_body("the body has a field with an empty name"));
+        }
         if !TRANSFORMERS_FIELDS.contains(&key.as_str()) {
             return Err(ApiError::invalid(
                 key.as_str(),
@@ -517,7 +521,7 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
             assert!(e.message.contains(param), "{body}: {}", e.message);
         }
-        for body in ["{not json", "[1]", r#"{"model": "m", "prompt": "Hi"} trailing"#, ""] {
+        for body in ["{not json", "[1]", r#"{"model": "m", "prompt": "Hi"} trailing"#, "", r#"{"":0}"#] {
             let e = parse_with(body, &t).err().unwrap_or_else(|| panic!("{body} was accepted"));
             assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, None), "{body}: {}", e.message);
         }
