@@ -451,7 +451,10 @@ fn a_reachable_address_without_a_key_is_refused_unless_said_on_purpose() {
 fn the_prefix_cache_is_partitioned_per_key_and_salt() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((_tmp, dir)) = export() else { return };
-    let server = Server::start(&dir, "tract", &["--api-key", "alice", "--api-key", "bob"]);
+    let server = Server::start(&dir, "tract", &["--api-key", "alice", "--api-key", "bob", "--metrics-public"]);
+    // --metrics-public: scrapes need no key; completions still do.
+    assert_eq!(server.get("/metrics").0, 200);
+    assert_eq!(server.post(&json!({"model": M, "prompt": "Hi", "max_tokens": 2})).0, 401);
     let prompt = "You are a careful storyteller. Every story you tell is short, kind and simple, with a \
         beginning, a middle and an end. Here is the next story. A boy found a";
     let ask = |key: &str, extra: Value| {
