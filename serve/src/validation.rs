@@ -275,7 +275,7 @@ pub fn parse(body: &[u8], ctx: &Context<'_>) -> Result<Completion, ApiError> {
             ));
         }
     }
-    let mut overrides: Map<String, Value> = b.rest.clone();
+    let mut overrides: Map<String, Value> = b.rest;
     // OpenAI names whose errors a transformers field would otherwise report.
     let mut renamed: Vec<(&str, &str)> = Vec::new();
     match b.model.as_deref() {

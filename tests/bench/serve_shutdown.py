@@ -56,17 +56,10 @@ def request(port, method, path, body=None, timeout=30):
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
     try:
         s.sendall(head + data)
-        raw = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
     except OSError:
         pass
-    finally:
-        s.close()
-    text = raw.decode(errors="replace")
+    text = read_all(s, timeout)
+    s.close()
     parts = text.split(" ", 2)
     status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
     return status, text
