@@ -7,6 +7,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 /// A loaded `tokenizer.json`.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
 }

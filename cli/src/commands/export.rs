@@ -10,7 +10,7 @@ use gpt2c_compiler::gpt2::{
 };
 use gpt2c_compiler::layout::Layout;
 use gpt2c_compiler::onnx::ExternalData;
-use gpt2c_compiler::{ExportOptions, Progress, export};
+use gpt2c_compiler::{ExportOptions, ExportSummary, Progress, export};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::choice::choice;
@@ -279,6 +279,31 @@ impl ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let summary = execute(&args)?;
+    for w in &summary.warnings {
+        crate::output::warning(w);
+    }
+    if !args.quiet {
+        writeln!(
+            crate::output::stdout(),
+            "exported {} parameters ({} layers, {}) to {} in {:.2} s: {} in {} files ({}){}",
+            human_count(summary.parameters),
+            summary.n_layer,
+            summary.task.name(),
+            summary.out_dir.display(),
+            summary.seconds,
+            human_bytes(summary.total_bytes),
+            summary.files.len(),
+            summary.files.join(", "),
+            if summary.external_data { ", weights in external data" } else { "" },
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks the arguments, fetches a Hub id, and exports, with a progress bar on stderr unless
+/// `--quiet`; the summary's warnings are the caller's to show.
+pub fn execute(args: &ExportArgs) -> anyhow::Result<ExportSummary> {
     let options = args.plan()?;
     args.source()?;
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
@@ -309,26 +334,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     };
     let result = export(source, &args.output, &options, &mut on_progress);
     bar.finish_and_clear();
-    let summary = result?;
-    for w in &summary.warnings {
-        crate::output::warning(w);
-    }
-    if !args.quiet {
-        writeln!(
-            crate::output::stdout(),
-            "exported {} parameters ({} layers, {}) to {} in {:.2} s: {} in {} files ({}){}",
-            human_count(summary.parameters),
-            summary.n_layer,
-            summary.task.name(),
-            summary.out_dir.display(),
-            summary.seconds,
-            human_bytes(summary.total_bytes),
-            summary.files.len(),
-            summary.files.join(", "),
-            if summary.external_data { ", weights in external data" } else { "" },
-        )?;
-    }
-    Ok(())
+    Ok(result?)
 }
 
 fn human_count(n: usize) -> String {

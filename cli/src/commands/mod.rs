@@ -2,7 +2,7 @@
 
 #[cfg(feature = "run")]
 mod bench;
-mod export;
+pub mod export;
 #[cfg(feature = "run")]
 mod generate;
 mod inspect;
@@ -13,7 +13,7 @@ mod run_args;
 #[cfg(feature = "run")]
 mod serve;
 #[cfg(feature = "run")]
-mod verify;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 

@@ -67,17 +67,7 @@ fn parse_tolerance(s: &str) -> Result<Tolerance, String> {
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
-    // A thread count out of range is a usage error, not a backend that fails to load.
-    gpt2c_runtime::RunnerOptions { threads: args.threads, ..Default::default() }.validate()?;
-    let backends = args.backends.iter().map(|&b| BackendKind::from(b)).collect();
-    let options = VerifyOptions {
-        reference: args.reference,
-        backends,
-        tolerance: args.tolerance,
-        seed: args.seed,
-        threads: args.threads,
-    };
-    let report = verify::verify(&args.export, &options).context("gpt2c verify")?;
+    let report = report(&args)?;
     let mut out = crate::output::stdout();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
@@ -85,4 +75,19 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         write!(out, "{}", report.to_text())?;
     }
     if report.passed { Ok(()) } else { Err(super::Failed.into()) }
+}
+
+/// Runs the checks the arguments ask for; a failed check is in the report, not an error.
+pub fn report(args: &VerifyArgs) -> anyhow::Result<verify::Report> {
+    // A thread count out of range is a usage error, not a backend that fails to load.
+    gpt2c_runtime::RunnerOptions { threads: args.threads, ..Default::default() }.validate()?;
+    let backends = args.backends.iter().map(|&b| BackendKind::from(b)).collect();
+    let options = VerifyOptions {
+        reference: args.reference.clone(),
+        backends,
+        tolerance: args.tolerance,
+        seed: args.seed,
+        threads: args.threads,
+    };
+    verify::verify(&args.export, &options).context("gpt2c verify")
 }
