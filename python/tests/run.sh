@@ -25,7 +25,7 @@ echo "--- wheel: $wheel ($(du -h "$wheel" | cut -f1))"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 "${PYTHON:-python3}" -m venv "$scratch/venv"
-"$scratch/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel" pytest openai==3.57.0
+"$scratch/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel" pytest==9.2.0 openai==3.57.0
 
 # From a folder outside the tree, with the tree given as data only (GPT2C_SOURCE).
 cd "$scratch"
