@@ -111,6 +111,21 @@ pub fn exception(py: Python<'_>, kind: Kind, message: String) -> PyErr {
     made.unwrap_or_else(|e| e)
 }
 
+/// Argument `field` as a `T`; a value of another type is a `SettingError` naming the argument and
+/// what it takes (rather than pyo3's `TypeError`), as every other refusal is.
+pub fn argument<'py, T>(value: &Bound<'py, PyAny>, field: &str, expected: &str) -> PyResult<T>
+where
+    T: pyo3::conversion::FromPyObjectOwned<'py>,
+{
+    value.extract::<T>().map_err(|_| {
+        let got = value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "another type".into());
+        let shown = value.repr().map(|r| r.to_string()).unwrap_or_default();
+        let shown: String = shown.chars().take(80).collect();
+        let message = format!("`{field}`: expected {expected}, got {got} {shown}");
+        exception(value.py(), Kind::Setting(Some(field.to_string())), message)
+    })
+}
+
 /// An error from the crates as its exception, with the CLI's message.
 pub fn from_anyhow(py: Python<'_>, err: &anyhow::Error) -> PyErr {
     exception(py, kind_of(err), gpt2c_cli::describe(err))

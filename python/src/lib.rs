@@ -17,7 +17,7 @@ use gpt2c_cli::commands::{self, Command};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::errors::{Kind, exception, from_anyhow};
+use crate::errors::{Kind, argument, exception, from_anyhow};
 
 /// Runs the command line `argv` (the program name first) and returns its exit status.
 #[pyfunction]
@@ -30,10 +30,12 @@ fn main(py: Python<'_>, argv: Vec<OsString>) -> u8 {
 #[pyo3(signature = (model, output, options = None))]
 fn export(
     py: Python<'_>,
-    model: Option<PathBuf>,
-    output: PathBuf,
+    model: &Bound<'_, PyAny>,
+    output: &Bound<'_, PyAny>,
     options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Py<PyAny>> {
+    let model: Option<PathBuf> = argument(model, "model", "a checkpoint folder, a Hub model id or None")?;
+    let output: PathBuf = argument(output, "output", "a folder path")?;
     // Quiet unless asked: a library call prints nothing.
     let kwargs = match options {
         Some(o) => o.copy()?,
@@ -66,7 +68,8 @@ fn export(
 /// Verifies an export folder; returns the JSON report (schema gpt2c.verify/1) as a dict.
 #[pyfunction]
 #[pyo3(signature = (export, options = None))]
-fn verify(py: Python<'_>, export: PathBuf, options: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+fn verify(py: Python<'_>, export: &Bound<'_, PyAny>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+    let export: PathBuf = argument(export, "export", "an export folder or .onnx file")?;
     let argv = args::argv(py, "verify", &[], options, &[export.into_os_string()])?;
     let Command::Verify(args) = args::parse(py, argv)? else {
         return Err(exception(py, Kind::Other, "verify arguments parsed as another command".into()));

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use serde_json::{Map, Value};
 
-use crate::errors::{Kind, exception, from_anyhow};
+use crate::errors::{Kind, argument, exception, from_anyhow};
 
 /// What a job generates from.
 enum Prompts {
@@ -175,16 +175,27 @@ impl Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path, backend = "auto", threads = None, ep = None, ep_strict = false))]
+    #[pyo3(signature = (path, backend = None, threads = None, ep = None, ep_strict = None))]
     fn new(
         py: Python<'_>,
-        path: PathBuf,
-        backend: &str,
-        threads: Option<usize>,
-        ep: Option<Vec<String>>,
-        ep_strict: bool,
+        path: &Bound<'_, PyAny>,
+        backend: Option<&Bound<'_, PyAny>>,
+        threads: Option<&Bound<'_, PyAny>>,
+        ep: Option<&Bound<'_, PyAny>>,
+        ep_strict: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Model> {
-        let choice = match backend {
+        let path: PathBuf = argument(path, "path", "a path to an export folder")?;
+        let backend: String = match backend {
+            Some(b) => argument(b, "backend", "\"auto\", \"ort\" or \"tract\"")?,
+            None => "auto".into(),
+        };
+        let threads: Option<usize> =
+            threads.map(|t| argument(t, "threads", "a positive whole number or None")).transpose()?;
+        let ep: Option<Vec<String>> =
+            ep.map(|e| argument(e, "ep", "a list of execution provider names or None")).transpose()?;
+        let ep_strict: bool =
+            ep_strict.map(|e| argument(e, "ep_strict", "True or False")).transpose()?.unwrap_or(false);
+        let choice = match backend.as_str() {
             "auto" => BackendChoice::Auto,
             "ort" => BackendChoice::Ort,
             "tract" => BackendChoice::Tract,
@@ -247,7 +258,11 @@ impl Model {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let one = prompt.is_instance_of::<PyString>();
-        let prompts: Vec<String> = if one { vec![prompt.extract()?] } else { prompt.extract()? };
+        let prompts: Vec<String> = if one {
+            vec![argument(prompt, "prompt", "a string or a list of strings")?]
+        } else {
+            argument(prompt, "prompt", "a string or a list of strings")?
+        };
         let generated = self.run(py, Prompts::Text(prompts), kwargs)?;
         if one && generated.texts.len() == 1 {
             return Ok(PyString::new(py, &generated.texts[0]).into_any().unbind());
@@ -262,28 +277,37 @@ impl Model {
     fn generate_ids(
         &self,
         py: Python<'_>,
-        input_ids: Vec<Vec<u32>>,
+        input_ids: &Bound<'_, PyAny>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Vec<Vec<u32>>> {
-        Ok(self.run(py, Prompts::Ids(input_ids), kwargs)?.sequences)
+        let ids: Vec<Vec<u32>> = argument(input_ids, "input_ids", "a list of prompts, each a list of token ids")?;
+        Ok(self.run(py, Prompts::Ids(ids), kwargs)?.sequences)
     }
 
     /// Streams the continuation of one prompt (greedy search or sampling, one sequence): an
     /// iterator of text pieces, each complete UTF-8, as the tokens are chosen.
     #[pyo3(signature = (prompt, **kwargs))]
-    fn stream(&self, py: Python<'_>, prompt: String, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Stream> {
+    fn stream(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Stream> {
+        let prompt: String = argument(prompt, "prompt", "a string")?;
         let (tx, pieces) = mpsc::channel();
         let done = self.submit(py, Prompts::Text(vec![prompt]), kwargs, Some(tx))?;
         Ok(Stream { pieces: Inbox::new(pieces), done, ended: Mutex::new(false) })
     }
 
     /// Token ids of `text` (the export's tokenizer).
-    fn encode(&self, py: Python<'_>, text: &str) -> PyResult<Vec<u32>> {
-        self.tokenizer.encode(text).map_err(|e| exception(py, Kind::Setting(Some("text".into())), e))
+    fn encode(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        let text: String = argument(text, "text", "a string")?;
+        self.tokenizer.encode(&text).map_err(|e| exception(py, Kind::Setting(Some("text".into())), e))
     }
 
     /// The text of token ids.
-    fn decode(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {
+    fn decode(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<String> {
+        let ids: Vec<u32> = argument(ids, "ids", "a list of token ids")?;
         self.tokenizer.decode(&ids).map_err(|e| exception(py, Kind::Setting(Some("ids".into())), e))
     }
 

@@ -108,6 +108,33 @@ def test_bad_prompts_and_models_raise_their_class(tiny_export: Path, tmp_path: P
     assert threads.value.field == "threads"
 
 
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda m, path: m.generate_ids([[-1, 2]]), "input_ids"),
+        (lambda m, path: m.generate_ids([[2**40]]), "input_ids"),
+        (lambda m, path: m.generate_ids("ab"), "input_ids"),
+        (lambda m, path: m.generate(5), "prompt"),
+        (lambda m, path: m.generate(["ab", None]), "prompt"),
+        (lambda m, path: m.stream(["ab"]), "prompt"),
+        (lambda m, path: m.encode(b"ab"), "text"),
+        (lambda m, path: m.decode([-5]), "ids"),
+        (lambda m, path: gpt2c.Model(path, threads=-1), "threads"),
+        (lambda m, path: gpt2c.Model(path, ep="cuda"), "ep"),
+        (lambda m, path: gpt2c.Model(path, backend=1), "backend"),
+        (lambda m, path: gpt2c.Model(None), "path"),
+        (lambda m, path: gpt2c.export(123, "out"), "model"),
+        (lambda m, path: gpt2c.verify(["a"]), "export"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_setting_errors(tiny_export: Path, call, field: str) -> None:
+    model = gpt2c.Model(tiny_export)
+    with pytest.raises(gpt2c.SettingError) as refused:
+        call(model, tiny_export)
+    assert refused.value.field == field, (str(refused.value), refused.value.field)
+    assert f"`{field}`" in str(refused.value)
+
+
 def test_the_message_is_the_one_the_cli_prints(tiny_export: Path) -> None:
     with pytest.raises(gpt2c.SettingError) as refused:
         gpt2c.Model(tiny_export).generate("ab", top_p=2.0)
