@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
@@ -64,6 +65,21 @@ impl<T: Send> Inbox<T> {
     }
 }
 
+/// The error of a call whose worker has gone (it panicked, or the model is being dropped).
+fn stopped(py: Python<'_>) -> PyErr {
+    exception(py, Kind::Other, "the model's worker thread has stopped".into())
+}
+
+/// A reply from the worker as the call's result: its value, its error as an exception, or the
+/// worker gone.
+fn outcome<T>(py: Python<'_>, reply: Option<anyhow::Result<T>>) -> PyResult<T> {
+    match reply {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(e)) => Err(from_anyhow(py, &e)),
+        None => Err(stopped(py)),
+    }
+}
+
 fn worker(mut generator: TextGenerator, jobs: Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         let Job { prompts, overrides, pieces, reply } = job;
@@ -86,7 +102,6 @@ fn run_job(
             .map(|p| generator.tokenizer.encode(p).map_err(TextError::Tokenizer))
             .collect::<Result<Vec<_>, _>>()?,
     };
-    gpt2c_runtime::generate::check(generator.limits(), &ids, &config, Some(&generator.tokenizer))?;
     if pieces.is_some() {
         let rows = ids.len() * config.num_return_sequences;
         if !matches!(config.mode(), Mode::Greedy | Mode::Sample) || rows != 1 {
@@ -158,17 +173,13 @@ impl Model {
     ) -> PyResult<Inbox<anyhow::Result<Generated>>> {
         let (reply, rx) = mpsc::channel();
         let job = Job { prompts, overrides: overrides(kwargs)?, pieces, reply };
-        self.jobs.send(job).map_err(|_| exception(py, Kind::Other, "the model's worker thread has stopped".into()))?;
+        self.jobs.send(job).map_err(|_| stopped(py))?;
         Ok(Inbox::new(rx))
     }
 
     fn run(&self, py: Python<'_>, prompts: Prompts, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Generated> {
         let reply = self.submit(py, prompts, kwargs, None)?;
-        match reply.wait(py)? {
-            Some(Ok(generated)) => Ok(generated),
-            Some(Err(e)) => Err(from_anyhow(py, &e)),
-            None => Err(exception(py, Kind::Other, "the model's worker thread has stopped".into())),
-        }
+        outcome(py, reply.wait(py)?)
     }
 }
 
@@ -228,11 +239,8 @@ impl Model {
                 }
             })
             .map_err(|e| exception(py, Kind::Other, format!("cannot start the model's thread: {e}")))?;
-        match Inbox::new(loaded_rx).wait(py)? {
-            Some(Ok((tokenizer, description, notices))) => Ok(Model { jobs, tokenizer, description, notices }),
-            Some(Err(e)) => Err(from_anyhow(py, &e)),
-            None => Err(exception(py, Kind::Other, "the model's thread stopped while loading".into())),
-        }
+        let (tokenizer, description, notices) = outcome(py, Inbox::new(loaded_rx).wait(py)?)?;
+        Ok(Model { jobs, tokenizer, description, notices })
     }
 
     /// What runs the graph: the backend, its version and execution providers.
@@ -296,7 +304,7 @@ impl Model {
         let prompt: String = argument(prompt, "prompt", "a string")?;
         let (tx, pieces) = mpsc::channel();
         let done = self.submit(py, Prompts::Text(vec![prompt]), kwargs, Some(tx))?;
-        Ok(Stream { pieces: Inbox::new(pieces), done, ended: Mutex::new(false) })
+        Ok(Stream { pieces: Inbox::new(pieces), done, ended: AtomicBool::new(false) })
     }
 
     /// Token ids of `text` (the export's tokenizer).
@@ -321,7 +329,7 @@ impl Model {
 pub struct Stream {
     pieces: Inbox<String>,
     done: Inbox<anyhow::Result<Generated>>,
-    ended: Mutex<bool>,
+    ended: AtomicBool,
 }
 
 #[pymethods]
@@ -331,7 +339,7 @@ impl Stream {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        if self.ended.lock().map(|e| *e).unwrap_or(true) {
+        if self.ended.load(Ordering::Acquire) {
             return Ok(None);
         }
         if let Some(piece) = self.pieces.wait(py)? {
@@ -339,13 +347,7 @@ impl Stream {
         }
         // The job dropped its sender: it has ended, well or not.
         let result = self.done.wait(py)?;
-        if let Ok(mut ended) = self.ended.lock() {
-            *ended = true;
-        }
-        match result {
-            Some(Ok(_)) => Ok(None),
-            Some(Err(e)) => Err(from_anyhow(py, &e)),
-            None => Err(exception(py, Kind::Other, "the model's worker thread has stopped".into())),
-        }
+        self.ended.store(true, Ordering::Release);
+        outcome(py, result).map(|_| None)
     }
 }
