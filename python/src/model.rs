@@ -272,8 +272,8 @@ impl Model {
             argument(prompt, "prompt", "a string or a list of strings")?
         };
         let generated = self.run(py, Prompts::Text(prompts), kwargs)?;
-        if one && generated.texts.len() == 1 {
-            return Ok(PyString::new(py, &generated.texts[0]).into_any().unbind());
+        if let (true, [text]) = (one, generated.texts.as_slice()) {
+            return Ok(PyString::new(py, text).into_any().unbind());
         }
         Ok(PyList::new(py, generated.texts)?.into_any().unbind())
     }
